@@ -1,0 +1,63 @@
+# vdm — `make help` lists the targets. Every target installs what it needs first.
+
+TORCH_VERSION ?= 2.13.0
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+# Stamp files make `make install` idempotent: pip runs again only when pyproject.toml changes.
+INSTALLED := $(VENV)/.installed-$(TORCH_VERSION)
+BENCH_INSTALLED := $(VENV)/.installed-bench
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test test-all lint format bench clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch goes first and pinned: an unpinned torch pulled in by another package could resolve to
+# a multi-GB CUDA build on a CPU-only machine.
+$(INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(INSTALLED) ## Create .venv and install torch==$(TORCH_VERSION), then vdm[dev]
+
+train: install ## Train (default: moving shapes on CPU); pass Hydra overrides with ARGS="..."
+	$(BIN)/python train.py $(ARGS)
+
+test: install ## Run the fast test suite
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+test-all: install ## Run every test, the slow end-to-end ones included
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: install ## ruff check + ruff format --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# video-diffusion-pytorch's metadata asks for torchvision and transformers; PyPI's torchvision
+# does not import beside the pinned CPU torch, so it goes in without its dependencies.
+$(BENCH_INSTALLED): $(INSTALLED)
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python -m pip install --quiet --no-deps video-diffusion-pytorch
+	touch $@
+
+bench: $(BENCH_INSTALLED) ## Run the benchmarks in bench/ (installs diffusers, video-diffusion-pytorch)
+	@scripts=$$(ls bench/*.py 2>/dev/null | grep -v '/_'); \
+	if [ -z "$$scripts" ]; then echo "no benchmarks in bench/ yet"; fi; \
+	for s in $$scripts; do echo "== $$s"; $(BIN)/python $$s $(ARGS) || exit 1; done
+
+clean: ## Remove the virtual environment, caches and run outputs
+	rm -rf $(VENV) .pytest_cache .ruff_cache outputs multirun logs wandb *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
