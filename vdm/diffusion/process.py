@@ -1,0 +1,260 @@
+"""The Gaussian diffusion process: forward noising, training targets and their conversions.
+
+With ``a = sqrt(ᾱ_t)`` and ``σ = sqrt(1 - ᾱ_t)`` (so ``a² + σ² = 1``):
+
+- forward process ``x_t = a·x0 + σ·ε``;
+- the three targets a denoiser may predict: ``eps = ε``, ``x0``, and
+  ``v = a·ε - σ·x0`` (Salimans & Ho 2022);
+- each one, together with ``x_t``, determines the other two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from vdm.diffusion.schedule import NoiseSchedule
+
+PREDICTIONS = ("eps", "x0", "v")
+LOSS_WEIGHTINGS = ("uniform", "min_snr")
+
+
+def broadcast_like(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Reshape per-sample values ``(B,)`` to ``(B, 1, ..., 1)`` so they broadcast over ``x``."""
+    return values.reshape(values.shape[0], *([1] * (x.dim() - 1)))
+
+
+class GaussianDiffusion:
+    """DDPM forward process, training targets and loss weighting over a :class:`NoiseSchedule`.
+
+    Knows nothing of networks: a denoiser enters only as ``model_fn(x_t, t, **cond)``.
+
+    Example:
+        >>> diffusion = GaussianDiffusion(NoiseSchedule("cosine"), prediction="v")
+        >>> loss, per_sample, t = diffusion.training_loss(model, video, labels=labels)
+
+    Args:
+        schedule: the noise schedule.
+        prediction: what the denoiser outputs: ``eps`` (DDPM), ``x0``, or ``v`` (more stable at
+            low SNR; needed with ``zero_terminal_snr``).
+        loss_weighting: ``uniform`` (plain MSE on the target) or ``min_snr`` (Hang et al. 2023:
+            per-step weights equivalent to ``min(SNR, γ)·|x̂0 - x0|²`` for every target, which
+            speeds up convergence by damping the easy low-noise steps).
+        min_snr_gamma: γ of ``min_snr``; 5 is the paper's value.
+    """
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        prediction: str = "eps",
+        loss_weighting: str = "uniform",
+        min_snr_gamma: float = 5.0,
+    ) -> None:
+        if prediction not in PREDICTIONS:
+            raise ValueError(
+                f"Unknown prediction {prediction!r}: use one of {', '.join(PREDICTIONS)} "
+                "(config key diffusion.prediction)."
+            )
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(
+                f"Unknown loss weighting {loss_weighting!r}: use one of "
+                f"{', '.join(LOSS_WEIGHTINGS)} (config key diffusion.loss_weighting)."
+            )
+        if prediction == "eps" and schedule.alphas_cumprod[-1] == 0:
+            raise ValueError(
+                "eps prediction cannot recover x0 at SNR 0: with schedule.zero_terminal_snr=true "
+                "set diffusion.prediction=v (or x0)."
+            )
+        if min_snr_gamma <= 0:
+            raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}.")
+        self.schedule = schedule
+        self.prediction = prediction
+        self.loss_weighting = loss_weighting
+        self.min_snr_gamma = min_snr_gamma
+        self._tables: dict[torch.device, dict[str, torch.Tensor]] = {}
+
+    @property
+    def num_steps(self) -> int:
+        """Number of diffusion steps T."""
+        return self.schedule.num_steps
+
+    def _table(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """Table ``name`` (``sqrt_ab``, ``sqrt_one_minus_ab``, ``snr``) at steps ``t``."""
+        tables = self._tables.get(t.device)
+        if tables is None:
+            ab = self.schedule.alphas_cumprod
+            # Computed in float64 once; MPS has no float64, so those devices get float32.
+            dtype = torch.float32 if t.device.type == "mps" else torch.float64
+            tables = {
+                "sqrt_ab": ab.sqrt(),
+                "sqrt_one_minus_ab": (1 - ab).sqrt(),
+                "snr": ab / (1 - ab),
+            }
+            tables = {k: v.to(device=t.device, dtype=dtype) for k, v in tables.items()}
+            self._tables[t.device] = tables
+        return tables[name][t]
+
+    def _coef(self, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Table ``name`` at steps ``t``, shaped to broadcast over ``x`` and in its dtype."""
+        return broadcast_like(self._table(name, t), x).to(x.dtype)
+
+    # forward process -------------------------------------------------------------------------
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Draw ``x_t ~ q(x_t | x0)`` as ``sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·noise``.
+
+        Args:
+            x0: clean data ``(B, ...)``, e.g. video ``(B, C, T, H, W)``.
+            t: long step indices ``(B,)`` in ``[0, num_steps)``.
+            noise: standard normal noise shaped like ``x0``.
+        """
+        return self._coef("sqrt_ab", t, x0) * x0 + self._coef("sqrt_one_minus_ab", t, x0) * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the denoiser should output for this ``(x0, noise, t)``, by ``prediction``."""
+        if self.prediction == "eps":
+            return noise
+        if self.prediction == "x0":
+            return x0
+        return self._coef("sqrt_ab", t, x0) * noise - self._coef("sqrt_one_minus_ab", t, x0) * x0
+
+    # conversions between prediction kinds ----------------------------------------------------
+
+    def predict_x0(
+        self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor, kind: str | None = None
+    ) -> torch.Tensor:
+        """The clean-data estimate implied by a model output ``out`` of kind ``kind``.
+
+        Args:
+            x_t: noisy input ``(B, ...)``.
+            t: long step indices ``(B,)``.
+            out: model output, same shape as ``x_t``.
+            kind: ``eps``, ``x0`` or ``v``; defaults to this diffusion's ``prediction``.
+        """
+        kind = kind or self.prediction
+        a, s = self._coef("sqrt_ab", t, x_t), self._coef("sqrt_one_minus_ab", t, x_t)
+        if kind == "eps":
+            return (x_t - s * out) / a
+        if kind == "x0":
+            return out
+        return a * x_t - s * out
+
+    def predict_eps(
+        self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor, kind: str | None = None
+    ) -> torch.Tensor:
+        """The noise estimate implied by a model output ``out`` of kind ``kind``."""
+        kind = kind or self.prediction
+        a, s = self._coef("sqrt_ab", t, x_t), self._coef("sqrt_one_minus_ab", t, x_t)
+        if kind == "eps":
+            return out
+        if kind == "x0":
+            return (x_t - a * out) / s
+        return s * x_t + a * out
+
+    def predict_v(
+        self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor, kind: str | None = None
+    ) -> torch.Tensor:
+        """The velocity estimate implied by a model output ``out`` of kind ``kind``."""
+        kind = kind or self.prediction
+        if kind == "v":
+            return out
+        a, s = self._coef("sqrt_ab", t, x_t), self._coef("sqrt_one_minus_ab", t, x_t)
+        x0 = self.predict_x0(x_t, t, out, kind)
+        eps = self.predict_eps(x_t, t, out, kind)
+        return a * eps - s * x0
+
+    # training ---------------------------------------------------------------------------------
+
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss weights ``(B,)`` (float32) on the MSE of this diffusion's target.
+
+        ``min_snr`` weights are relative to the target, so that every prediction kind weighs
+        the x0 error by ``min(SNR, γ)``: eps ``min(SNR, γ)/SNR``, x0 ``min(SNR, γ)``,
+        v ``min(SNR, γ)/(SNR + 1)``.
+        """
+        if self.loss_weighting == "uniform":
+            return torch.ones(t.shape, device=t.device)
+        snr = self._table("snr", t)
+        gamma = self.min_snr_gamma
+        if self.prediction == "eps":
+            # min(SNR, γ)/SNR written as min(1, γ/SNR): finite (=1) at SNR = 0.
+            weight = (gamma / snr).clamp(max=1.0)
+        elif self.prediction == "x0":
+            weight = snr.clamp(max=gamma)
+        else:
+            weight = snr.clamp(max=gamma) / (snr + 1)
+        return weight.float()
+
+    def sample_timesteps(
+        self, batch_size: int, device: torch.device | str = "cpu", generator=None
+    ) -> torch.Tensor:
+        """Uniform long step indices ``(batch_size,)`` in ``[0, num_steps)``."""
+        return torch.randint(0, self.num_steps, (batch_size,), device=device, generator=generator)
+
+    def training_loss(
+        self,
+        model_fn: Callable[..., torch.Tensor],
+        x0: torch.Tensor,
+        *,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **cond,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Noise ``x0`` at random steps, run the denoiser and return the weighted MSE.
+
+        Args:
+            model_fn: ``model_fn(x_t, t, **cond) -> output`` of kind ``prediction``.
+            x0: clean video ``(B, C, T, H, W)`` in ``[-1, 1]``.
+            t: step indices ``(B,)``; drawn uniformly when None (fix them for validation).
+            noise: ε shaped like ``x0``; drawn when None (fix it for validation).
+            loss_mask: optional ``(B, T)`` of 0/1: frames with 0 (e.g. given context frames)
+                are left out of the loss.
+            generator: RNG for ``t`` and ``noise`` when they are drawn.
+            **cond: passed to ``model_fn`` (e.g. ``labels``).
+
+        Returns:
+            ``(loss, per_sample_loss, t)``: the scalar mean loss, the weighted loss of each
+            sample ``(B,)`` (float32; its mean is ``loss``; for logging per timestep), and the
+            steps used.
+        """
+        batch = x0.shape[0]
+        if t is None:
+            t = self.sample_timesteps(batch, x0.device, generator)
+        if noise is None:
+            noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        x_t = self.q_sample(x0, t, noise)
+        out = model_fn(x_t, t, **cond)
+        if out.shape != x0.shape:
+            raise ValueError(
+                f"Denoiser output shape {tuple(out.shape)} differs from its input "
+                f"{tuple(x0.shape)}: check model.out_channels equals data channels."
+            )
+        # Loss maths in float32 whatever precision the model ran in (bf16 autocast).
+        sq_err = F.mse_loss(out.float(), self.target(x0, noise, t).float(), reduction="none")
+        if loss_mask is None:
+            per_sample = sq_err.flatten(1).mean(dim=1)
+        else:
+            per_sample = masked_mean_per_sample(sq_err, loss_mask)
+        per_sample = per_sample * self.loss_weight(t)
+        return per_sample.mean(), per_sample, t
+
+
+def masked_mean_per_sample(sq_err: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``sq_err (B, C, T, H, W)`` over the frames where ``loss_mask (B, T)`` is 1.
+
+    A sample whose mask is all zero contributes 0 (not NaN).
+    """
+    if sq_err.dim() != 5 or loss_mask.shape != (sq_err.shape[0], sq_err.shape[2]):
+        raise ValueError(
+            f"loss_mask must be (B, T) = {(sq_err.shape[0], sq_err.shape[2])} for video "
+            f"(B, C, T, H, W); got {tuple(loss_mask.shape)}."
+        )
+    mask = loss_mask.to(sq_err.dtype)[:, None, :, None, None]
+    per_frame_elems = sq_err.shape[1] * sq_err.shape[3] * sq_err.shape[4]
+    total = (sq_err * mask).flatten(1).sum(dim=1)
+    count = mask.flatten(1).sum(dim=1) * per_frame_elems
+    return total / count.clamp(min=1)
