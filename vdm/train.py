@@ -7,6 +7,7 @@ import logging
 from hydra.utils import instantiate
 from lightning import seed_everything
 from omegaconf import DictConfig
+from torch import nn
 
 from vdm.diffusion.process import GaussianDiffusion
 from vdm.diffusion.samplers import Sampler
@@ -22,6 +23,14 @@ def build_diffusion(cfg: DictConfig) -> GaussianDiffusion:
     return instantiate(cfg.diffusion, schedule=schedule)
 
 
+def build_model(cfg: DictConfig) -> nn.Module:
+    """The denoiser of ``cfg.model`` (``UNet3D`` or ``SpaceTimeTransformer``)."""
+    log.info("Instantiating model <%s>", cfg.model._target_)
+    model = instantiate(cfg.model, _convert_="all")
+    log.info("Model has %.2f M parameters", sum(p.numel() for p in model.parameters()) / 1e6)
+    return model
+
+
 def build_sampler(cfg: DictConfig) -> Sampler:
     """The sampler of ``cfg.sampler``."""
     log.info("Instantiating sampler <%s>", cfg.sampler._target_)
@@ -31,11 +40,12 @@ def build_sampler(cfg: DictConfig) -> Sampler:
 def run(cfg: DictConfig) -> None:
     """Seed, then build the diffusion core and the sampler.
 
-    The denoisers, the data module and the Lightning training loop are not built yet
-    (issues 3–5); until they land this checks the diffusion configuration and stops with a
-    clear message instead of pretending to train.
+    The data module and the Lightning training loop are not built yet; until they land this
+    checks the model and diffusion configuration and stops with a clear message instead of
+    pretending to train.
     """
     seed_everything(cfg.seed, workers=True)
+    build_model(cfg)
     diffusion = build_diffusion(cfg)
     sampler = build_sampler(cfg)
     log.info(
@@ -46,6 +56,6 @@ def run(cfg: DictConfig) -> None:
         type(sampler).__name__,
     )
     raise SystemExit(
-        "vdm: the diffusion config is valid, but training needs the denoisers, the data module "
-        "and the Lightning module, which are not in this version yet."
+        "vdm: the model and diffusion config are valid, but training needs the data module and "
+        "the Lightning module, which are not in this version yet."
     )

@@ -1,0 +1,201 @@
+"""Building blocks shared by the denoisers: embeddings, attention, rotary positions, modulation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding ``(B, dim)`` of (possibly fractional) steps ``t (B,)``.
+
+    Half the channels are ``cos(t·f_i)``, half ``sin(t·f_i)``, with frequencies ``f_i`` spaced
+    geometrically from 1 down to ``1/max_period`` (Vaswani et al. 2017; DDPM).
+    """
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class TimestepEmbedder(nn.Module):
+    """Steps ``(B,)`` → ``(B, dim)``: sinusoidal features followed by a two-layer MLP."""
+
+    def __init__(self, dim: int, frequency_dim: int = 256) -> None:
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.frequency_dim))
+
+
+class LabelEmbedder(nn.Module):
+    """Class labels ``(B,)`` → ``(B, dim)``, with one extra row for the null label.
+
+    The null label is index ``num_classes``: it is what classifier-free guidance feeds for the
+    unconditional half, and what ``labels=None`` means.
+    """
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def forward(
+        self, labels: torch.Tensor | None, batch: int, device: torch.device
+    ) -> torch.Tensor:
+        if labels is None:
+            labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        elif labels.min() < 0 or labels.max() > self.num_classes:
+            raise ValueError(
+                f"Labels must be in [0, {self.num_classes}] ({self.num_classes} = null label); "
+                f"got values in [{labels.min().item()}, {labels.max().item()}]: check "
+                "model.num_classes against the data's number of classes."
+            )
+        return self.table(labels)
+
+
+class ConditionEmbedder(nn.Module):
+    """Time (+ label) embedding ``(B, dim)`` that conditions every block."""
+
+    def __init__(self, dim: int, num_classes: int = 0) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.time = TimestepEmbedder(dim)
+        self.label = LabelEmbedder(num_classes, dim) if num_classes > 0 else None
+
+    def forward(self, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        emb = self.time(t)
+        if self.label is not None:
+            emb = emb + self.label(labels, t.shape[0], t.device)
+        elif labels is not None:
+            raise ValueError(
+                "Labels were passed to an unconditional denoiser (model.num_classes=0): set "
+                "model.num_classes to the data's number of classes, or pass labels=None."
+            )
+        return emb
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al. 2021) over a sequence axis of any length.
+
+    Rotating query and key pairs by ``position·θ_i`` makes their dot product depend only on the
+    relative position, so a model trained on 16 frames runs on 8 or 24.
+    """
+
+    def __init__(self, head_dim: int, base: float = 10_000.0) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"Rotary embedding needs an even head dim, got {head_dim}.")
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def cos_sin(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cos`` and ``sin`` tables ``(length, head_dim)`` for positions ``0..length-1``."""
+        pos = torch.arange(length, device=device, dtype=torch.float32)
+        angles = pos[:, None] * self.inv_freq.to(device)[None]
+        angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x (..., L, head_dim)`` by the tables of :meth:`RotaryEmbedding.cos_sin`."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+class RMSNorm(nn.RMSNorm):
+    """RMSNorm whose weight follows the input dtype, so it keeps the fused kernel under bf16
+    autocast (``nn.RMSNorm`` falls back to a slow path on mixed dtypes)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``scaled_dot_product_attention``.
+
+    Works on tokens ``(N, L, dim)``, or on any layout where the sequence axis is not next to the
+    channels: pass ``seq_dim`` to attend along another axis of a ``(..., dim)`` tensor without
+    copying it into ``(N, L, dim)`` first (used for attention over frames).
+
+    Args:
+        dim: channels.
+        heads: attention heads; ``dim`` must divide evenly.
+        qk_norm: RMS-normalise queries and keys per head (stabilises bf16 and large models).
+        rotary: rotate queries and keys by their position along the sequence (RoPE).
+        zero_init_out: start the output projection at zero, so the branch is the identity
+            around its residual (used for temporal branches).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        qk_norm: bool = False,
+        rotary: bool = False,
+        zero_init_out: bool = False,
+    ) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"Attention dim {dim} is not divisible by heads {heads}.")
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.q_norm = RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.rotary = RotaryEmbedding(self.head_dim) if rotary else None
+        if zero_init_out:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, seq_dim: int = -2) -> torch.Tensor:
+        """Attend along ``seq_dim`` of ``x (..., dim)``; returns the same shape."""
+        seq_dim = seq_dim % x.dim()
+        qkv = self.qkv(x).unflatten(-1, (3, self.heads, self.head_dim))  # (..., 3, h, d)
+        # Move (3, heads) in front of the sequence axis: (..., 3, heads, L, d), a view.
+        qkv = qkv.movedim(seq_dim, -3).movedim(-3, -2)
+        q, k, v = qkv.unbind(dim=-4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:
+            cos, sin = self.rotary.cos_sin(q.shape[-2], q.device)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        out = F.scaled_dot_product_attention(q, k, v)  # (..., heads, L, d)
+        out = out.movedim(-2, seq_dim).flatten(-2)  # back to x's layout: (..., dim)
+        return self.out(out)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: ``x·(1 + scale) + shift``, with ``shift``/``scale`` broadcast over tokens."""
+    return torch.addcmul(shift, x, 1 + scale)
+
+
+class Mlp(nn.Module):
+    """Two-layer feed-forward with GELU (tanh approximation, as in DiT)."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(F.gelu(self.fc1(x), approximate="tanh")))
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Set every parameter of ``module`` to zero and return it."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module

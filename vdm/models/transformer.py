@@ -1,0 +1,187 @@
+"""SpaceTimeTransformer: a spatial-then-temporal diffusion transformer (Latte / STDiT family).
+
+Each frame is cut into ``p×p`` patches (optionally ``pt`` frames deep). Every block runs
+self-attention over the patches of each frame, then self-attention over the frames at each
+patch position (with rotary, i.e. relative, frame positions), then an MLP. Each of the three
+branches has its own LayerNorm and its own adaLN-Zero shift, scale and gate, computed from the
+time (+ label) embedding (Peebles & Xie 2023). The gates start at zero, so a fresh block is the
+identity: a fresh model is a per-frame patch model, and the temporal branch contributes nothing
+until training opens its gate.
+
+Tokens stay in one ``(B, T', S, D)`` tensor throughout: spatial attention takes sequences
+along ``S``, temporal attention along ``T'``, both as strided views, with no reshuffling copies.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from vdm.models.layers import Attention, ConditionEmbedder, Mlp, modulate
+
+
+def sincos_2d(grid_h: int, grid_w: int, dim: int, device: torch.device) -> torch.Tensor:
+    """Fixed 2D sine-cosine positions ``(grid_h·grid_w, dim)``: half the channels encode the
+    row, half the column (MAE / DiT), so any grid size works."""
+    if dim % 4:
+        raise ValueError(f"2D sin-cos positions need hidden_size divisible by 4, got {dim}.")
+    quarter = dim // 4
+    omega = 1.0 / 10_000 ** (torch.arange(quarter, dtype=torch.float32, device=device) / quarter)
+
+    def encode(pos: torch.Tensor) -> torch.Tensor:
+        angles = pos.float()[:, None] * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)  # (n, dim/2)
+
+    rows = encode(torch.arange(grid_h, device=device))
+    cols = encode(torch.arange(grid_w, device=device))
+    return torch.cat(
+        [rows[:, None].expand(-1, grid_w, -1), cols[None].expand(grid_h, -1, -1)], dim=-1
+    ).reshape(grid_h * grid_w, dim)
+
+
+class AdaLNZero(nn.Module):
+    """Shift, scale and gate ``(B, 1, 1, D)`` each, from the condition; all zero at start, so the
+    branch they modulate starts switched off (adaLN-Zero, Peebles & Xie 2023)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, 3 * dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.proj(F.silu(cond))[:, None, None].chunk(3, dim=-1)
+
+
+class SpaceTimeBlock(nn.Module):
+    """Spatial attention → temporal attention → MLP, each as ``x + gate·f(modulate(norm(x)))``.
+
+    Only the gates start at zero: zero-initialising a branch's output layer as well would leave
+    both the gate and the layer without gradient, and the branch would never open.
+    """
+
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float, dropout: float, qk_norm: bool
+    ) -> None:
+        super().__init__()
+        self.norm_spatial = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.spatial_attn = Attention(dim, heads, qk_norm=qk_norm)
+        self.spatial_modulation = AdaLNZero(dim)
+        self.norm_temporal = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.temporal_attn = Attention(dim, heads, qk_norm=qk_norm, rotary=True)
+        self.temporal_modulation = AdaLNZero(dim)
+        self.norm_mlp = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
+        self.mlp_modulation = AdaLNZero(dim)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """``x (B, T', S, D)``, ``cond (B, D)`` → ``(B, T', S, D)``."""
+        shift, scale, gate = self.spatial_modulation(cond)
+        x = x + gate * self.spatial_attn(modulate(self.norm_spatial(x), shift, scale))
+        shift, scale, gate = self.temporal_modulation(cond)
+        x = x + gate * self.temporal_attn(modulate(self.norm_temporal(x), shift, scale), seq_dim=1)
+        shift, scale, gate = self.mlp_modulation(cond)
+        return x + gate * self.mlp(modulate(self.norm_mlp(x), shift, scale))
+
+
+class SpaceTimeTransformer(nn.Module):
+    """Spatial-then-temporal transformer denoiser.
+
+    Example:
+        >>> model = SpaceTimeTransformer(in_channels=3, out_channels=3, num_classes=3)
+        >>> model(torch.randn(2, 3, 8, 32, 32), torch.tensor([10, 500])).shape
+        torch.Size([2, 3, 8, 32, 32])
+
+    Args:
+        in_channels: channels of the input video.
+        out_channels: channels of the output (the prediction).
+        num_classes: classes for conditioning; 0 = unconditional; index ``num_classes`` is the
+            null label of classifier-free guidance.
+        patch_size: side ``p`` of the square patches; H and W must be divisible by it. Smaller
+            = more tokens = better and slower.
+        temporal_patch_size: frames per patch ``pt``; the frame count must be divisible by it.
+        hidden_size: token width D (divisible by 4 and by ``heads``).
+        depth: number of space-time blocks.
+        heads: attention heads.
+        mlp_ratio: MLP hidden width as a multiple of ``hidden_size``.
+        dropout: dropout in the MLPs.
+        qk_norm: RMS-normalise queries and keys (helps bf16 and large models).
+        gradient_checkpointing: recompute each block's activations in the backward pass.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        num_classes: int = 0,
+        patch_size: int = 4,
+        temporal_patch_size: int = 1,
+        hidden_size: int = 192,
+        depth: int = 6,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        qk_norm: bool = False,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.num_classes = num_classes
+        self.patch_size, self.temporal_patch_size = patch_size, temporal_patch_size
+        self.hidden_size = hidden_size
+        self.gradient_checkpointing = gradient_checkpointing
+        patch_dim = in_channels * temporal_patch_size * patch_size**2
+        self.patch_embed = nn.Linear(patch_dim, hidden_size)
+        self.cond = ConditionEmbedder(hidden_size, num_classes)
+        self.blocks = nn.ModuleList(
+            SpaceTimeBlock(hidden_size, heads, mlp_ratio, dropout, qk_norm) for _ in range(depth)
+        )
+        self.norm_out = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.modulation_out = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+        self.proj_out = nn.Linear(hidden_size, out_channels * temporal_patch_size * patch_size**2)
+        # Final shift/scale start at zero (plain LayerNorm). proj_out keeps its random init:
+        # zero there would cut every gradient upstream of it in the first step.
+        nn.init.zeros_(self.modulation_out[1].weight)
+        nn.init.zeros_(self.modulation_out[1].bias)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Predict from noisy video ``x (B, C_in, T, H, W)`` at steps ``t (B,)``.
+
+        Returns:
+            ``(B, C_out, T, H, W)``.
+        """
+        frames, h, w = x.shape[-3:]
+        p, pt = self.patch_size, self.temporal_patch_size
+        if h % p or w % p or frames % pt:
+            raise ValueError(
+                f"SpaceTimeTransformer needs H, W divisible by patch_size={p} and T by "
+                f"temporal_patch_size={pt}; got T={frames}, {h}x{w}: change data.size / "
+                "data.clip_len or the model's patch sizes."
+            )
+        gh, gw = h // p, w // p
+        tokens = rearrange(x, "b c (t pt) (gh p) (gw q) -> b t (gh gw) (c pt p q)", pt=pt, p=p, q=p)
+        tokens = self.patch_embed(tokens) + sincos_2d(gh, gw, self.hidden_size, x.device).to(
+            tokens.dtype
+        )
+        cond = self.cond(t, labels)
+        for block in self.blocks:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                tokens = checkpoint(block, tokens, cond, use_reentrant=False)
+            else:
+                tokens = block(tokens, cond)
+        shift, scale = self.modulation_out(cond)[:, None, None].chunk(2, dim=-1)
+        out = self.proj_out(modulate(self.norm_out(tokens), shift, scale))
+        return rearrange(
+            out,
+            "b t (gh gw) (c pt p q) -> b c (t pt) (gh p) (gw q)",
+            gh=gh,
+            pt=pt,
+            p=p,
+            q=p,
+            c=self.out_channels,
+        )
