@@ -91,3 +91,69 @@ def test_an_impossible_combination_names_the_fix():
     cfg = compose_train("schedule.zero_terminal_snr=true")  # with the default eps prediction
     with pytest.raises(Exception, match="prediction=v"):
         build_diffusion(cfg)
+
+
+def test_every_unet3d_key_reaches_the_model():
+    from vdm.models.layers import RMSNorm
+    from vdm.train import build_model
+
+    model = build_model(
+        compose_train(
+            "model=unet3d",
+            "data.channels=1",
+            "data.num_classes=5",
+            "model.base_channels=8",
+            "model.channel_mult=[1,2,2,2]",
+            "model.num_res_blocks=2",
+            "model.attention_resolutions=[2]",
+            "model.heads=2",
+            "model.dropout=0.3",
+            "model.qk_norm=true",
+            "model.gradient_checkpointing=true",
+        )
+    )
+    assert model.conv_in.in_channels == 1 and model.conv_out.out_channels == 1
+    assert model.cond.label.table.num_embeddings == 6  # 5 classes + the null label
+    assert model.conv_in.out_channels == 8
+    assert [len(level) for level in model.down] == [2, 2, 2, 2]
+    assert [level[0].res.conv1.out_channels for level in model.down] == [8, 16, 16, 16]
+    assert [level[0].spatial_attn is not None for level in model.down] == [
+        False,
+        True,
+        False,
+        False,
+    ]
+    assert model.down[1][0].spatial_attn.attn.heads == 2
+    assert model.down[0][0].res.dropout.p == 0.3
+    assert isinstance(model.down[0][0].temporal_attn.attn.q_norm, RMSNorm)
+    assert model.gradient_checkpointing
+
+
+def test_every_transformer_key_reaches_the_model():
+    from vdm.models.layers import RMSNorm
+    from vdm.train import build_model
+
+    model = build_model(
+        compose_train(
+            "model=transformer",
+            "data.channels=1",
+            "data.num_classes=0",
+            "model.patch_size=2",
+            "model.temporal_patch_size=2",
+            "model.hidden_size=64",
+            "model.depth=3",
+            "model.heads=8",
+            "model.mlp_ratio=2.0",
+            "model.dropout=0.2",
+            "model.qk_norm=true",
+            "model.gradient_checkpointing=true",
+        )
+    )
+    assert model.patch_embed.in_features == 1 * 2 * 2 * 2  # channels · pt · p · p
+    assert model.proj_out.out_features == 1 * 2 * 2 * 2
+    assert model.cond.label is None  # unconditional
+    assert model.hidden_size == 64 and len(model.blocks) == 3
+    block = model.blocks[0]
+    assert block.spatial_attn.heads == 8 and block.mlp.fc1.out_features == 128
+    assert block.mlp.dropout.p == 0.2 and isinstance(block.temporal_attn.k_norm, RMSNorm)
+    assert model.gradient_checkpointing

@@ -171,7 +171,12 @@ class Attention(nn.Module):
         if self.rotary is not None:
             cos, sin = self.rotary.cos_sin(q.shape[-2], q.device)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = F.scaled_dot_product_attention(q, k, v)  # (..., heads, L, d)
+        # SDPA's fused CPU kernel takes 4D inputs only (others fall back to the ~3x slower
+        # math path), so fold every batch axis into one.
+        batch_shape = q.shape[:-3]
+        q, k, v = (z.reshape(-1, *z.shape[-3:]) for z in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, L, d)
+        out = out.reshape(*batch_shape, *out.shape[-3:])
         out = out.movedim(-2, seq_dim).flatten(-2)  # back to x's layout: (..., dim)
         return self.out(out)
 
