@@ -1,0 +1,46 @@
+"""Shared fixtures: test videos from ../shared/data/videos and a frame-index video."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own index cache, so no test sees another's (or the user's)."""
+    monkeypatch.setenv("VDM_CACHE_DIR", str(tmp_path_factory.mktemp("vdm_cache")))
+
+
+@pytest.fixture(scope="session")
+def shared_videos() -> Path:
+    if not (SHARED_VIDEOS / "real").is_dir():
+        pytest.skip(f"test videos not found at {SHARED_VIDEOS}")
+    return SHARED_VIDEOS
+
+
+def frame_index_video(num_frames: int, height: int = 24, width: int = 32) -> np.ndarray:
+    """uint8 (T, H, W, 3) whose frame i is the constant colour (i, 255 - i, 3i mod 256)."""
+    i = np.arange(num_frames, dtype=np.int64)
+    colours = np.stack([i, 255 - i, (3 * i) % 256], axis=1).astype(np.uint8)
+    return np.broadcast_to(colours[:, None, None, :], (num_frames, height, width, 3)).copy()
+
+
+@pytest.fixture
+def indexed_video(tmp_path) -> Path:
+    """A lossless 40-frame mp4 whose pixel values encode the frame index."""
+    from vdm.video_io import write_mp4
+
+    return write_mp4(tmp_path / "indexed.mp4", frame_index_video(40), fps=10, lossless=True)
+
+
+def link_or_copy(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.symlink(src, dst)
+    except OSError:
+        dst.write_bytes(src.read_bytes())
+    return dst

@@ -1,0 +1,1 @@
+"""Video data: decoding, clip sampling, datasets and the data module."""

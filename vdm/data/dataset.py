@@ -1,0 +1,206 @@
+"""VideoClipDataset: clips from a folder of video files, labels from its sub-folders."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_warn
+from torch.utils.data import Dataset
+
+from vdm.data.clips import clip_indices, clip_span
+from vdm.data.index import VideoIndex, default_cache_dir, hash_split
+from vdm.data.reader import VideoReader, VideoReadError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One indexed video: path relative to the root, decodable frames, fps, size, label."""
+
+    path: str
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+    label: int
+
+
+class VideoClipDataset(Dataset):
+    """Clips of ``clip_len`` frames from every readable video under ``root``.
+
+    Labels come from the first-level sub-folder names (sorted: the first is 0); a flat folder
+    is unlabelled and its samples carry no ``"label"``. A root holding ``train/`` and ``val/``
+    folders is taken as already split; otherwise a file's split comes from a stable hash of its
+    path. Unreadable and too-short files are left out and reported in one warning. A file that
+    fails later, at read time, is logged once and replaced by another sample.
+
+    Each sample is ``{"video": float (C, T, H, W) in [-1, 1], "label": long, "fps": float}``,
+    where ``fps`` is the clip's frame rate (the video's divided by ``frame_stride``).
+
+    Example:
+        >>> ds = VideoClipDataset("UCF-101/", clip_len=16, frame_stride=2, size=64, split="train")
+        >>> ds[0]["video"].shape
+        torch.Size([3, 16, 64, 64])
+
+    Args:
+        root: folder of videos (.mp4 .avi .mkv .webm .mov, searched recursively).
+        clip_len: frames per clip.
+        frame_stride: take every ``frame_stride``-th frame (2 halves the frame rate).
+        size: output height and width; frames are resized (short side to ``size``, while
+            decoding) and cropped square.
+        split: ``train``, ``val``, or None for every file.
+        val_fraction: share of files in ``val`` when the split comes from the hash.
+        augment: random clip start, random crop and horizontal flip; default: on for ``train``
+            only (validation then sees the same centred clip every time).
+        short_video: ``skip``, ``loop`` or ``repeat_last`` for videos shorter than a clip.
+        cache_dir: where the index is cached (default :func:`default_cache_dir`).
+        index_workers: threads that probe files while building the index.
+        max_retries: replacement samples tried after a read failure before giving up.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        clip_len: int = 16,
+        frame_stride: int = 1,
+        size: int = 32,
+        split: str | None = None,
+        val_fraction: float = 0.1,
+        augment: bool | None = None,
+        short_video: str = "skip",
+        cache_dir: str | Path | None = None,
+        index_workers: int = 4,
+        max_retries: int = 10,
+    ) -> None:
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"Video folder {root} does not exist: set data.root to a folder of videos."
+            )
+        if split not in (None, *SPLITS):
+            raise ValueError(f"split must be 'train', 'val' or None, got {split!r}.")
+        self.root, self.split = root, split
+        self.clip_len, self.frame_stride, self.size = clip_len, frame_stride, size
+        self.augment = split == "train" if augment is None else augment
+        self.short_video = short_video
+        self.max_retries = max_retries
+        presplit = (root / "train").is_dir() and (root / "val").is_dir()
+        index = VideoIndex(root, Path(cache_dir) if cache_dir else None, index_workers)
+
+        def parts(rel: str) -> list[str]:  # path parts below the split folder, if pre-split
+            p = rel.split("/")
+            return p[1:] if presplit and p[0] in SPLITS else p
+
+        labelled = any(len(parts(rel)) > 1 for rel in index.rel_paths)
+        self.classes = sorted({parts(rel)[0] for rel in index.rel_paths if len(parts(rel)) > 1})
+        problems = dict(index.problems)
+        self.records: list[VideoRecord] = []
+        span = clip_span(clip_len, frame_stride)
+        for rel in index.rel_paths:
+            if split is not None:
+                in_split = (
+                    rel.split("/")[0] == split
+                    if presplit
+                    else (hash_split(rel, val_fraction) == split)
+                )
+                if not in_split:
+                    continue
+            if rel not in index.info:
+                continue
+            if labelled and len(parts(rel)) == 1:
+                problems[rel] = "not inside a class folder (labels come from sub-folders)"
+                continue
+            meta = index.info[rel]
+            if meta["num_frames"] < span and short_video == "skip":
+                problems[rel] = (
+                    f"too short: {meta['num_frames']} frames < {span} for clip_len {clip_len} "
+                    f"at stride {frame_stride} (data.short_video=loop or repeat_last keeps it)"
+                )
+                continue
+            label = self.classes.index(parts(rel)[0]) if labelled else -1
+            self.records.append(VideoRecord(rel, label=label, **meta))
+        if problems:
+            listing = "\n".join(f"  {rel}: {why}" for rel, why in sorted(problems.items()))
+            rank_zero_warn(f"Left out {len(problems)} video(s) under {root}:\n{listing}")
+        if not self.records:
+            raise ValueError(
+                f"No usable videos under {root} for split={split!r} (clip_len={clip_len}, "
+                f"frame_stride={frame_stride}); see the warning above for each file."
+            )
+        self.labelled = labelled
+        self._failed: set[str] = set()
+
+    @property
+    def num_classes(self) -> int:
+        """Number of class folders (0 when unlabelled)."""
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _decode_size(self, record: VideoRecord) -> tuple[int, int]:
+        """Decode size with the short side at ``size`` and the aspect ratio kept."""
+        scale = self.size / min(record.height, record.width)
+        return (
+            max(self.size, round(record.height * scale)),
+            max(self.size, round(record.width * scale)),
+        )
+
+    def load(self, record: VideoRecord, rng: np.random.Generator) -> np.ndarray:
+        """Decode, crop and flip one clip of ``record`` → uint8 ``(T, size, size, 3)``."""
+        mode = "random" if self.augment else "center"
+        indices = clip_indices(
+            record.num_frames, self.clip_len, self.frame_stride, mode, rng, self.short_video
+        )
+        height, width = self._decode_size(record)
+        if (height, width) == (record.height, record.width):
+            height = width = -1  # native size: skip decord's scaler altogether
+        reader = VideoReader(self.root / record.path, width=width, height=height)
+        frames = reader.get_batch(indices)
+        height, width = frames.shape[1:3]  # decord may round odd sizes
+        if self.augment:
+            top = int(rng.integers(0, height - self.size + 1))
+            left = int(rng.integers(0, width - self.size + 1))
+        else:
+            top, left = (height - self.size) // 2, (width - self.size) // 2
+        frames = frames[:, top : top + self.size, left : left + self.size]
+        if self.augment and rng.random() < 0.5:
+            frames = frames[:, :, ::-1]
+        return frames
+
+    def __getitem__(self, index: int) -> dict:
+        # The torch RNG is seeded per rank and per worker (seed_everything(workers=True)), so
+        # drawing the numpy seed from it makes every worker's clips differ and reproducible.
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+        for _ in range(self.max_retries + 1):
+            record = self.records[index]
+            try:
+                frames = self.load(record, rng)
+                break
+            except VideoReadError as error:
+                last_error = error
+                if record.path not in self._failed:
+                    self._failed.add(record.path)
+                    log.warning("Skipping unreadable video: %s", error)
+                index = int(rng.integers(len(self.records)))
+        else:
+            raise RuntimeError(
+                f"{self.max_retries + 1} samples in a row failed to decode under {self.root} "
+                f"(last: {last_error}); check the files, then delete the index cache in "
+                f"{default_cache_dir()} to rebuild it."
+            )
+        video = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)
+        sample = {
+            "video": video.float().div_(127.5).sub_(1.0),
+            "fps": torch.tensor(record.fps / self.frame_stride, dtype=torch.float32),
+        }
+        if self.labelled:
+            sample["label"] = torch.tensor(record.label, dtype=torch.long)
+        return sample
