@@ -8,7 +8,6 @@ import torch
 from conftest import link_or_copy
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from torch.utils.data import DistributedSampler
 
 from vdm.data.datamodule import MovingShapesDataModule, VideoDataModule
 from vdm.data.dataset import VideoClipDataset
@@ -50,7 +49,8 @@ def test_shapes_config_reaches_the_data_module(shapes_dir):
         "data.num_train=6",
         "data.num_val=3",
         "data.num_frames=12",
-        "data.seed=5",
+        "data.render_seed=5",
+        "seed=9",
         "data.clip_len=6",
         "data.frame_stride=2",
         "data.size=24",
@@ -73,6 +73,7 @@ def test_shapes_config_reaches_the_data_module(shapes_dir):
     assert (dm.clip_len, dm.frame_stride, dm.size, dm.batch_size) == (6, 2, 24, 3)
     assert (dm.num_workers, dm.pin_memory, dm.persistent_workers) == (0, True, False)
     assert dm.short_video == "loop" and dm.num_classes == 0 and dm.channels == 3
+    assert dm.seed == 9  # shuffling and augmentation follow the run seed
     dm.prepare_data()
     dm.setup()
     loader = dm.train_dataloader()
@@ -119,16 +120,18 @@ def one_long_video_four_times(tmp_path, shared_videos):
     return tmp_path
 
 
-def _first_clips(dm, rank):
-    """Video of every sample of one epoch on ``rank``, as Lightning would load it."""
-    dm.trainer = SimpleNamespace(global_rank=rank)
-    dataset = dm.train_set
-    loader = dm._loader(dataset, train=False)  # unshuffled, so sample i is comparable
-    torch.manual_seed(0)  # the same base seed on every rank, as seed_everything gives
-    return torch.cat([b["video"] for b in loader])
+def _epoch_clips(dm, rank, world, epoch=0):
+    """Keys and videos of one epoch on ``rank`` of ``world``, as Lightning would load them."""
+    dm.trainer = SimpleNamespace(global_rank=rank, world_size=world)
+    loader = dm._loader(dm.train_set, train=True)
+    loader.sampler.set_epoch(epoch)  # Lightning does this at every epoch start
+    keys = list(loader.sampler)
+    return keys, torch.cat([b["video"] for b in loader])
 
 
-def test_ranks_get_disjoint_shards_and_workers_draw_different_clips(one_long_video_four_times):
+def test_ranks_get_disjoint_shards_and_clips_depend_on_epoch_and_index_only(
+    one_long_video_four_times,
+):
     dm = VideoDataModule(
         one_long_video_four_times,
         clip_len=4,
@@ -138,13 +141,17 @@ def test_ranks_get_disjoint_shards_and_workers_draw_different_clips(one_long_vid
         persistent_workers=False,
     )
     dm.train_set = VideoClipDataset(one_long_video_four_times, clip_len=4, size=16, augment=True)
-    # Lightning wraps map-style datasets in a DistributedSampler: shards are disjoint.
-    shards = [
-        set(DistributedSampler(dm.train_set, num_replicas=2, rank=r, seed=0)) for r in range(2)
-    ]
-    assert shards[0].isdisjoint(shards[1]) and shards[0] | shards[1] == set(range(4))
-    rank0, rank1 = _first_clips(dm, 0), _first_clips(dm, 1)
-    # workers 0 and 1 take samples 0 and 1 first: different seeds, different clips
-    assert not torch.equal(rank0[0], rank0[1])
-    assert not torch.equal(rank0[0], rank1[0])
-    assert torch.equal(rank0, _first_clips(dm, 0))  # and reproducible
+    (keys0, clips0), (keys1, clips1) = _epoch_clips(dm, 0, 2), _epoch_clips(dm, 1, 2)
+    indices0, indices1 = {i for i, _ in keys0}, {i for i, _ in keys1}
+    assert indices0.isdisjoint(indices1) and indices0 | indices1 == set(range(4))
+    # four copies of one video: clips differ only through their (epoch, index) seed
+    all_clips = torch.cat([clips0, clips1])
+    assert len({c.sum().item() for c in all_clips}) == 4
+    # the same key gives the same clip on a single process (any worker, any rank)
+    keys, clips = _epoch_clips(dm, 0, 1)
+    by_key = dict(zip(keys, clips, strict=True))
+    for key, clip in zip(keys0 + keys1, all_clips, strict=True):
+        assert torch.equal(by_key[key], clip)
+    # a new epoch draws new clips
+    _, next_epoch = _epoch_clips(dm, 0, 1, epoch=1)
+    assert not torch.equal(next_epoch.sort(0).values, clips.sort(0).values)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from lightning import LightningDataModule
 from lightning.fabric.utilities.seed import pl_worker_init_function
-from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from vdm.data.dataset import VideoClipDataset
 from vdm.data.index import VideoIndex
+from vdm.data.sampler import EpochSampler
 from vdm.data.shapes import CLASSES, ShapesSpec, generate
 
 log = logging.getLogger(__name__)
@@ -20,8 +21,11 @@ log = logging.getLogger(__name__)
 class VideoDataModule(LightningDataModule):
     """Train and val loaders of clips from a folder of videos.
 
-    Datasets are map-style, so under DDP Lightning gives each rank a disjoint shard; each
-    worker's RNG is seeded from the rank and the worker id, so no two draw the same clips.
+    Each rank loads a disjoint shard of every epoch's permutation (:class:`EpochSampler`;
+    set the trainer's ``use_distributed_sampler=False``, as ``conf/trainer`` does), and each
+    clip's augmentation comes from ``(seed, epoch, index)``. The loaders are torchdata
+    ``StatefulDataLoader``s, whose position Lightning saves in checkpoints, so a run resumed
+    mid-epoch continues with exactly the batches it would have seen.
 
     Example:
         >>> dm = VideoDataModule("UCF-101/", clip_len=16, size=64, batch_size=8, num_classes=101)
@@ -43,6 +47,7 @@ class VideoDataModule(LightningDataModule):
             value must match the number of class folders.
         channels: channels of a decoded clip (RGB: 3); declared for the model to read.
         cache_dir: where the video index is cached (default ``~/.cache/vdm``).
+        seed: seed of the shuffling and of the per-clip augmentation.
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class VideoDataModule(LightningDataModule):
         num_classes: int = 0,
         channels: int = 3,
         cache_dir: str | Path | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if channels != 3:
@@ -70,7 +76,7 @@ class VideoDataModule(LightningDataModule):
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.val_fraction, self.short_video = val_fraction, short_video
         self.num_classes, self.channels = num_classes, channels
-        self.cache_dir = cache_dir
+        self.cache_dir, self.seed = cache_dir, seed
         self.train_set: VideoClipDataset | None = None
         self.val_set: VideoClipDataset | None = None
 
@@ -114,12 +120,21 @@ class VideoDataModule(LightningDataModule):
                 self.root,
             )
 
-    def _loader(self, dataset: VideoClipDataset, train: bool) -> DataLoader:
+    def _loader(self, dataset: VideoClipDataset, train: bool) -> StatefulDataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        return DataLoader(
+        world = self.trainer.world_size if self.trainer is not None else 1
+        sampler = EpochSampler(
+            len(dataset),
+            shuffle=train,
+            seed=self.seed,
+            num_replicas=world,
+            rank=rank,
+            drop_last=train,
+        )
+        return StatefulDataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -127,10 +142,10 @@ class VideoDataModule(LightningDataModule):
             worker_init_fn=functools.partial(pl_worker_init_function, rank=rank),
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.train_set, train=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.val_set, train=False)
 
 
@@ -143,7 +158,7 @@ class MovingShapesDataModule(VideoDataModule):
         num_train: training clips to render.
         num_val: validation clips to render.
         num_frames: frames per rendered clip (≥ ``clip_len``; clips are windows of it).
-        seed: seed of the rendering; a new seed is a new data set.
+        render_seed: seed of the rendering; a new seed is a new data set.
         **kwargs: the :class:`VideoDataModule` arguments (``clip_len``, ``size``, ...).
     """
 
@@ -153,14 +168,18 @@ class MovingShapesDataModule(VideoDataModule):
         num_train: int = 2000,
         num_val: int = 200,
         num_frames: int = 16,
-        seed: int = 0,
+        render_seed: int = 0,
         **kwargs,
     ) -> None:
         kwargs.setdefault("num_classes", len(CLASSES))
         super().__init__(root=None, **kwargs)
         self.data_dir = Path(data_dir).expanduser()
         self.spec = ShapesSpec(
-            size=self.size, num_frames=num_frames, num_train=num_train, num_val=num_val, seed=seed
+            size=self.size,
+            num_frames=num_frames,
+            num_train=num_train,
+            num_val=num_val,
+            seed=render_seed,
         )
         self.root = self.data_dir / "moving_shapes" / self.spec.digest()
 

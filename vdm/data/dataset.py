@@ -63,6 +63,7 @@ class VideoClipDataset(Dataset):
         cache_dir: where the index is cached (default :func:`default_cache_dir`).
         index_workers: threads that probe files while building the index.
         max_retries: replacement samples tried after a read failure before giving up.
+        seed: seed of the per-sample augmentation when keys carry their epoch.
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class VideoClipDataset(Dataset):
         cache_dir: str | Path | None = None,
         index_workers: int = 4,
         max_retries: int = 10,
+        seed: int = 0,
     ) -> None:
         root = Path(root).expanduser()
         if not root.is_dir():
@@ -90,7 +92,7 @@ class VideoClipDataset(Dataset):
         self.clip_len, self.frame_stride, self.size = clip_len, frame_stride, size
         self.augment = split == "train" if augment is None else augment
         self.short_video = short_video
-        self.max_retries = max_retries
+        self.max_retries, self.seed = max_retries, seed
         presplit = (root / "train").is_dir() and (root / "val").is_dir()
         index = VideoIndex(root, Path(cache_dir) if cache_dir else None, index_workers)
 
@@ -175,10 +177,19 @@ class VideoClipDataset(Dataset):
             frames = frames[:, :, ::-1]
         return frames
 
-    def __getitem__(self, index: int) -> dict:
-        # The torch RNG is seeded per rank and per worker (seed_everything(workers=True)), so
-        # drawing the numpy seed from it makes every worker's clips differ and reproducible.
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Sample ``key``: an index, or an ``(index, epoch)`` pair from :class:`EpochSampler`.
+
+        With a pair, the clip start, crop and flip come from ``(seed, epoch, index)``: the same
+        on any worker or rank, and after a resume. With a bare index they come from the torch
+        RNG, which Lightning seeds per rank and worker (``seed_everything(workers=True)``).
+        """
+        if isinstance(key, tuple):
+            index, epoch = key
+            rng = np.random.default_rng([self.seed, epoch, index])
+        else:
+            index = key
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
         for _ in range(self.max_retries + 1):
             record = self.records[index]
             try:
