@@ -10,7 +10,7 @@ INSTALLED := $(VENV)/.installed-$(TORCH_VERSION)
 BENCH_INSTALLED := $(VENV)/.installed-bench
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-all lint format bench clean
+.PHONY: help install train test test-slow test-all lint format bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -34,6 +34,9 @@ train: install ## Train (default: moving shapes on CPU); pass Hydra overrides wi
 
 test: install ## Run the fast test suite
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+test-slow: install ## Run only the slow end-to-end tests (the README's commands)
+	$(BIN)/python -m pytest -m slow $(ARGS)
 
 test-all: install ## Run every test, the slow end-to-end ones included
 	$(BIN)/python -m pytest $(ARGS)

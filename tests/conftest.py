@@ -44,3 +44,29 @@ def link_or_copy(src: Path, dst: Path) -> Path:
     except OSError:
         dst.write_bytes(src.read_bytes())
     return dst
+
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_run(tmp_path: Path, *overrides: str, fast: bool = True):
+    """The training config as train.py composes it, with the run directory in ``tmp_path``.
+
+    ``fast`` adds ``debug=fast`` (tiny model, a few steps, CSV logs) before ``overrides``.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    args = (["debug=fast"] if fast else []) + [
+        f"paths.data_dir={tmp_path.parent / 'data'}",
+        f"hydra.run.dir={tmp_path}",
+        *overrides,
+    ]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=args, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # resolves ${hydra:runtime.output_dir}
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+        del cfg["hydra"]
+    return cfg

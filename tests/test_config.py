@@ -47,7 +47,10 @@ def test_every_schedule_key_reaches_the_schedule():
     assert schedule.alphas_cumprod[-1].item() == 0.0  # zero_terminal_snr
     plain = build_diffusion(
         compose_train(
-            "schedule.beta_start=0.001", "schedule.beta_end=0.03", "schedule.num_steps=200"
+            "schedule=linear",
+            "schedule.beta_start=0.001",
+            "schedule.beta_end=0.03",
+            "schedule.num_steps=200",
         )
     ).schedule
     assert plain.betas[0].item() == pytest.approx(0.001)
@@ -88,7 +91,7 @@ def test_every_sampler_option_and_key_reaches_the_sampler():
 
 
 def test_an_impossible_combination_names_the_fix():
-    cfg = compose_train("schedule.zero_terminal_snr=true")  # with the default eps prediction
+    cfg = compose_train("schedule.zero_terminal_snr=true", "diffusion.prediction=eps")
     with pytest.raises(Exception, match="prediction=v"):
         build_diffusion(cfg)
 

@@ -1,16 +1,28 @@
-"""`run(cfg)`: build everything a training run needs from a composed Hydra config."""
+"""`run(cfg)`: seed → data → model → callbacks → loggers → trainer → fit, from a Hydra config."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import netrc
+import os
+import sys
+from collections.abc import Iterator
 
+import torch
 from hydra.utils import instantiate
-from lightning import seed_everything
-from omegaconf import DictConfig
+from lightning import Callback, LightningDataModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import LearningRateMonitor, WeightAveraging
+from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from vdm.checkpoint import load_checkpoint, model_config_mismatch
+from vdm.data.reader import VideoReadError
 from vdm.diffusion.process import GaussianDiffusion
 from vdm.diffusion.samplers import Sampler
+from vdm.module import VideoDiffusionModule
 
 log = logging.getLogger(__name__)
 
@@ -37,25 +49,123 @@ def build_sampler(cfg: DictConfig) -> Sampler:
     return instantiate(cfg.sampler)
 
 
-def run(cfg: DictConfig) -> None:
-    """Seed, then build the diffusion core and the sampler.
+def build_module(cfg: DictConfig) -> VideoDiffusionModule:
+    """The LightningModule, storing the resolved plain config for checkpoints."""
+    return VideoDiffusionModule(
+        denoiser=build_model(cfg),
+        diffusion=build_diffusion(cfg),
+        optimizer=instantiate(cfg.optimizer),
+        lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
+        label_dropout=cfg.module.label_dropout,
+        seed=cfg.seed,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
 
-    The data module and the Lightning training loop are not built yet; until they land this
-    checks the model and diffusion configuration and stops with a clear message instead of
-    pretending to train.
+
+def build_callbacks(cfg: DictConfig) -> list[Callback]:
+    """One callback per entry of ``cfg.callbacks`` (null entries are off).
+
+    Weight averaging goes last, so that at the end of validation the other callbacks (sample
+    videos) still see the averaged weights before it swaps the training weights back.
     """
+    callbacks = []
+    for name, conf in (cfg.get("callbacks") or {}).items():
+        if conf is not None and "_target_" in conf:
+            log.info("Instantiating callback %s <%s>", name, conf._target_)
+            callbacks.append(instantiate(conf))
+    return sorted(callbacks, key=lambda c: isinstance(c, WeightAveraging))
+
+
+def wandb_api_key_configured() -> bool:
+    """A key in ``WANDB_API_KEY`` or in ``~/.netrc`` (where ``wandb login`` puts it)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def build_loggers(cfg: DictConfig) -> list[Logger]:
+    """One logger per entry of ``cfg.logger``; wandb goes offline when no API key is set."""
+    loggers = []
+    for name, conf in (cfg.get("logger") or {}).items():
+        if conf is None or "_target_" not in conf:
+            continue
+        if conf._target_.endswith("WandbLogger") and conf.get("offline") is None:
+            with open_dict(conf):
+                conf.offline = not wandb_api_key_configured()
+        log.info("Instantiating logger %s <%s>", name, conf._target_)
+        loggers.append(instantiate(conf))
+    return loggers
+
+
+@rank_zero_only
+def log_run_info(cfg: DictConfig, module: VideoDiffusionModule, trainer: Trainer) -> None:
+    """Log the resolved config and the parameter counts to every logger."""
+    params = sum(p.numel() for p in module.denoiser.parameters())
+    trainable = sum(p.numel() for p in module.denoiser.parameters() if p.requires_grad)
+    info = {"model/params": params, "model/params_trainable": trainable}
+    for logger in trainer.loggers:
+        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **info})
+
+
+@rank_zero_only
+def print_wandb_sync(loggers: list[Logger]) -> None:
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._offline and logger._experiment:
+            log.info("wandb ran offline; upload with: wandb sync %s", logger.experiment.dir[:-6])
+
+
+def check_resume(cfg: DictConfig) -> None:
+    """Fail early, in one line, when ``ckpt_path`` cannot resume this run's model."""
+    if not cfg.get("ckpt_path"):
+        return
+    stored = load_checkpoint(cfg.ckpt_path)["hyper_parameters"]["model"]
+    differs = model_config_mismatch(stored, OmegaConf.to_container(cfg.model, resolve=True))
+    if differs:
+        raise ValueError(
+            f"ckpt_path={cfg.ckpt_path} holds another model (model.{', model.'.join(differs)} "
+            f"differ; it has {stored['_target_']}): resume with the model config that wrote it."
+        )
+
+
+def run(cfg: DictConfig) -> Trainer:
+    """Train as ``cfg`` says and return the trainer (its ``callback_metrics`` hold the last
+    logged values)."""
+    check_resume(cfg)
     seed_everything(cfg.seed, workers=True)
-    build_model(cfg)
-    diffusion = build_diffusion(cfg)
-    sampler = build_sampler(cfg)
-    log.info(
-        "Built %r with prediction=%s, loss_weighting=%s; sampler %s",
-        diffusion.schedule,
-        diffusion.prediction,
-        diffusion.loss_weighting,
-        type(sampler).__name__,
-    )
-    raise SystemExit(
-        "vdm: the model and diffusion config are valid, but training needs the data module and "
-        "the Lightning module, which are not in this version yet."
-    )
+    log.info("Instantiating data <%s>", cfg.data._target_)
+    datamodule: LightningDataModule = instantiate(cfg.data)
+    module = build_module(cfg)
+    callbacks = build_callbacks(cfg)
+    loggers = build_loggers(cfg)
+    if not loggers:  # LearningRateMonitor refuses to run without a logger (logger=null)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    log.info("Instantiating trainer <%s>", cfg.trainer._target_)
+    trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    log_run_info(cfg, module, trainer)
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    finally:
+        print_wandb_sync(loggers)
+        if any(isinstance(lg, WandbLogger) for lg in loggers):
+            import wandb
+
+            wandb.finish()  # close the run so the jobs of a multirun stay apart
+    return trainer
+
+
+@contextlib.contextmanager
+def user_errors_in_one_line() -> Iterator[None]:
+    """Turn the errors that bad input raises (a missing folder or file, a wrong value) into one
+    line on stderr and exit status 1; ``HYDRA_FULL_ERROR=1`` shows the traceback instead."""
+    try:
+        yield
+    except (FileNotFoundError, ValueError, VideoReadError) as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"vdm: error: {error}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,116 @@
+"""The README's commands, run as written through the command line (slow: minutes each)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def train(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python train.py ARGS`` with its run folder(s), data and caches under ``tmp_path``."""
+    env = {
+        **os.environ,
+        "VDM_DATA_DIR": str(tmp_path.parent / "data"),
+        "WANDB_SILENT": "true",
+        "VDM_LOG_DIR": str(tmp_path / "logs"),
+    }
+    env.pop("WANDB_API_KEY", None)
+    result = subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+def only_run_dir(tmp_path: Path) -> Path:
+    runs = list((tmp_path / "logs" / "runs").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def step_of(checkpoint: Path) -> int:
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"]
+
+
+def test_default_command_with_fewer_steps(tmp_path):
+    train(tmp_path, "trainer.max_steps=5")
+    run_dir = only_run_dir(tmp_path)
+    assert step_of(run_dir / "checkpoints" / "last.ckpt") == 5
+    assert (run_dir / "samples" / "step_000005" / "grid.gif").is_file()
+    assert list((run_dir / "wandb").glob("offline-run-*"))  # wandb offline without a key
+
+
+def test_four_ddp_processes_share_one_folder_and_one_wandb_run(tmp_path):
+    train(tmp_path, "model=unet3d", "trainer.devices=4", "trainer.max_steps=5")
+    run_dir = only_run_dir(tmp_path)
+    assert step_of(run_dir / "checkpoints" / "last.ckpt") == 5
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_transformer_in_bf16_mixed(tmp_path):
+    train(tmp_path, "model=transformer", "trainer.precision=bf16-mixed", "trainer.max_steps=5")
+    assert step_of(only_run_dir(tmp_path) / "checkpoints" / "last.ckpt") == 5
+
+
+def test_multirun_gives_each_job_its_checkpoint_and_wandb_run(tmp_path):
+    train(tmp_path, "-m", "schedule=linear,cosine", "trainer.max_steps=5")
+    (sweep,) = list((tmp_path / "logs" / "multiruns").iterdir())
+    for job in ("0", "1"):
+        assert step_of(sweep / job / "checkpoints" / "last.ckpt") == 5
+        assert len(list((sweep / job / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_folder_of_real_videos(tmp_path, shared_videos):
+    train(
+        tmp_path,
+        "data=folder",
+        f"data.root={shared_videos / 'real'}",
+        "data.size=64",
+        "trainer.max_steps=5",
+    )
+    assert step_of(only_run_dir(tmp_path) / "checkpoints" / "last.ckpt") == 5
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path):
+    first = tmp_path / "first"
+    train(first, "trainer.max_steps=5", "logger=csv")
+    last = only_run_dir(first) / "checkpoints" / "last.ckpt"
+    second = tmp_path / "second"
+    result = train(second, f"ckpt_path={last}", "trainer.max_steps=10", "logger=csv")
+    assert "Restored all states from the checkpoint" in result.stderr + result.stdout
+    assert step_of(only_run_dir(second) / "checkpoints" / "last.ckpt") == 10
+
+
+@pytest.mark.parametrize("logger", ["csv", "null"])
+def test_other_loggers(tmp_path, logger):
+    run_dir = tmp_path / "here"
+    train(
+        tmp_path,
+        f"logger={logger}",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert step_of(run_dir / "checkpoints" / "last.ckpt") == 2
+    assert (run_dir / "csv").is_dir() == (logger == "csv")
+    assert not (run_dir / "wandb").exists()
+
+
+def test_bad_input_fails_in_one_line(tmp_path):
+    misspelt = train(tmp_path, "trainer.max_step=5", check=False)
+    assert misspelt.returncode != 0 and "max_step" in misspelt.stderr
+    missing = train(tmp_path, "data=folder", "data.root=/no/such/videos", check=False)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1].startswith("vdm: error: Video folder /no/such")

@@ -1,0 +1,180 @@
+"""VideoDiffusionModule: a denoiser trained by a GaussianDiffusion, as a LightningModule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from lightning import LightningModule
+from torch import nn
+
+from vdm.diffusion.process import GaussianDiffusion
+from vdm.diffusion.samplers import Sampler, guided
+
+QUARTILES = 4  # train/loss_q0..q3: loss per quarter of the timestep range
+
+
+class VideoDiffusionModule(LightningModule):
+    """Trains ``denoiser`` to reverse ``diffusion`` on batches ``{"video", "label", "fps"}``.
+
+    Logs ``train/loss``, ``train/loss_q0``..``q3`` (the loss in each quarter of the timestep
+    range, from least to most noisy) and ``val/loss``, computed with noise and timesteps fixed
+    per validation batch so values compare across steps and runs. For class-conditional
+    denoisers, labels are replaced by the null label with probability ``label_dropout``, which
+    trains the unconditional model that classifier-free guidance needs.
+
+    Randomness of a training step (timesteps, noise, label dropout) comes from
+    ``(seed, global_step, rank)``, so a resumed run continues exactly as the uninterrupted one.
+    EMA is not kept here: Lightning's ``EMAWeightAveraging`` callback does it, and checkpoints
+    then hold the EMA weights in ``state_dict``.
+
+    Example:
+        >>> module = VideoDiffusionModule(UNet3D(num_classes=3), GaussianDiffusion(NoiseSchedule()),
+        ...                               optimizer=functools.partial(torch.optim.AdamW, lr=2e-4))
+        >>> trainer.fit(module, datamodule=MovingShapesDataModule())
+
+    Args:
+        denoiser: ``UNet3D``, ``SpaceTimeTransformer`` or any module with their ``forward``.
+        diffusion: the forward process, targets and loss weighting.
+        optimizer: builds the optimizer from the parameters (a Hydra partial).
+        lr_scheduler: builds a per-step learning-rate scheduler from the optimizer, or None.
+        label_dropout: probability of training a sample unconditionally (conditional models).
+        seed: seed of the per-step randomness.
+        config: the resolved, plain run configuration to store in checkpoints (so that
+            ``python -m vdm.sample`` can rebuild the model); primitives only, never modules.
+    """
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        diffusion: GaussianDiffusion,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        label_dropout: float = 0.1,
+        seed: int = 0,
+        config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(config or {}, logger=False)
+        self.denoiser = denoiser
+        self.diffusion = diffusion
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.label_dropout = label_dropout
+        self.seed = seed
+
+    @property
+    def num_classes(self) -> int:
+        return getattr(self.denoiser, "num_classes", 0)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.denoiser(x, t, labels)
+
+    def _generator(self, *key: int) -> torch.Generator:
+        """A generator on this device seeded from ``(seed, *key)``."""
+        state = np.random.SeedSequence([self.seed, *key]).generate_state(2, dtype=np.uint32)
+        seed = int(state[0]) << 32 | int(state[1])
+        return torch.Generator(device=self.device).manual_seed(seed & (2**63 - 1))
+
+    def _labels(self, batch: dict) -> torch.Tensor | None:
+        if self.num_classes == 0:
+            return None
+        if "label" not in batch:
+            raise ValueError(
+                f"The denoiser is class-conditional (model.num_classes={self.num_classes}) but "
+                "the data has no labels: set data.num_classes=0, or use a folder with class "
+                "sub-folders."
+            )
+        return batch["label"]
+
+    def _loss(self, batch: dict, generator: torch.Generator, dropout: float):
+        video = batch["video"]
+        b = video.shape[0]
+        labels = self._labels(batch)
+        if labels is not None and dropout > 0:
+            drop = torch.rand(b, generator=generator, device=self.device) < dropout
+            labels = labels.masked_fill(drop, self.num_classes)
+        t = self.diffusion.sample_timesteps(b, self.device, generator)
+        noise = torch.randn(video.shape, generator=generator, device=self.device)
+        return self.diffusion.training_loss(
+            self.denoiser, video, t=t, noise=noise.to(video.dtype), labels=labels
+        )
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        generator = self._generator(0, self.global_step, self.global_rank)
+        loss, per_sample, t = self._loss(batch, generator, self.label_dropout)
+        b = per_sample.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        quartile = t * QUARTILES // self.diffusion.num_steps
+        for q in range(QUARTILES):
+            in_q = quartile == q
+            if in_q.any():
+                self.log(f"train/loss_q{q}", per_sample[in_q].mean(), batch_size=int(in_q.sum()))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # The same noise and timesteps for this batch at every validation: comparable values.
+        generator = self._generator(1, batch_idx, self.global_rank)
+        loss, _, _ = self._loss(batch, generator, dropout=0.0)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["video"]))
+
+    def configure_optimizers(self) -> dict:
+        model = self.trainer.model if self._trainer is not None else self
+        optimizer = self.optimizer_factory(model.parameters())
+        if self.lr_scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    @torch.no_grad()
+    def generate(
+        self,
+        sampler: Sampler,
+        shape: tuple[int, ...],
+        labels: torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Sample videos ``shape = (N, C, T, H, W)`` in [-1, 1] with the current weights.
+
+        Args:
+            sampler: a DDPM, DDIM or DPM-Solver++ sampler.
+            shape: output shape; the frame count may differ from training.
+            labels: ``(N,)`` class labels for a conditional model (None = the null label).
+            guidance_scale: classifier-free guidance scale; 1 = none.
+            generator: RNG of the initial noise (on this module's device).
+            progress: show a progress bar over steps.
+        """
+        if guidance_scale != 1 and self.num_classes == 0:
+            raise ValueError(
+                f"guidance_scale={guidance_scale} needs a class-conditional model; this one is "
+                "unconditional (num_classes=0): use guidance_scale=1."
+            )
+        was_training = self.denoiser.training
+        self.denoiser.eval()
+        try:
+            if labels is not None and guidance_scale != 1:
+                model_fn = guided(self.denoiser, labels, guidance_scale, self.num_classes)
+            else:
+
+                def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                    return self.denoiser(x, t, labels)
+
+            return sampler.sample(
+                self.diffusion,
+                model_fn,
+                shape,
+                generator=generator,
+                progress=progress,
+                device=self.device,
+            )
+        finally:
+            self.denoiser.train(was_training)
