@@ -129,11 +129,12 @@ def test_ddp_spawn_over_gloo_trains_two_ranks(tmp_path):
     assert (tmp_path / "samples" / "step_000002" / "grid.gif").is_file()
 
 
-def test_wandb_offline_run_folder_holds_videos_and_metrics(tmp_path, monkeypatch):
+@pytest.mark.parametrize("num_classes", [3, 0], ids=["conditional", "unconditional"])
+def test_wandb_offline_run_folder_holds_videos_and_metrics(tmp_path, monkeypatch, num_classes):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    run(compose_run(tmp_path, "logger=wandb"))
+    run(compose_run(tmp_path, "logger=wandb", f"data.num_classes={num_classes}"))
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     media = list(runs[0].glob("files/media/videos/**/*"))

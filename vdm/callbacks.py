@@ -77,11 +77,11 @@ class SampleVideos(Callback):
         log.info("Wrote %d sample videos to %s", len(videos), out_dir)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                captions = [f"class {int(c)}" for c in labels] if labels is not None else None
                 logger.log_video("samples/grid", [str(out_dir / "grid.gif")], step=step)
-                logger.log_video(
-                    "samples/clips", [str(p) for p in paths], step=step, caption=captions
+                extra = (
+                    {"caption": [f"class {int(c)}" for c in labels]} if labels is not None else {}
                 )
+                logger.log_video("samples/clips", [str(p) for p in paths], step=step, **extra)
 
     @torch.no_grad()
     def sample(self, pl_module: LightningModule) -> tuple[np.ndarray, torch.Tensor | None]:

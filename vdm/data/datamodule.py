@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from pathlib import Path
 
 from lightning import LightningDataModule
@@ -16,6 +17,8 @@ from vdm.data.sampler import EpochSampler
 from vdm.data.shapes import CLASSES, ShapesSpec, generate
 
 log = logging.getLogger(__name__)
+# torchdata 0.11 calls a deprecated torch API on every iterator; the message is noise to users.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
 
 
 class VideoDataModule(LightningDataModule):
