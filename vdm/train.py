@@ -112,6 +112,7 @@ def log_run_info(cfg: DictConfig, module: VideoDiffusionModule, trainer: Trainer
 
 @rank_zero_only
 def print_wandb_sync(loggers: list[Logger]) -> None:
+    """Say how to upload an offline wandb run (the last thing a user reads)."""
     for logger in loggers:
         if isinstance(logger, WandbLogger) and logger._offline and logger._experiment:
             log.info("wandb ran offline; upload with: wandb sync %s", logger.experiment.dir[:-6])
