@@ -29,7 +29,8 @@ class SampleVideos(Callback):
         sampler: the sampler to use (a DDIM-50 or DPM-Solver++-20 keeps this fast).
         dirpath: folder for the samples (``<run dir>/samples``).
         num_samples: clips per validation; for a conditional model, per class.
-        guidance_scale: classifier-free guidance for conditional models; 1 = none.
+        guidance_scale: classifier-free guidance for conditional models (unconditional ones
+            ignore it); 1 = none.
         num_frames: frames per sampled clip; None = the validation clips' length.
         fps: frame rate of the written files.
         upscale: nearest-neighbour upscaling of the written frames (32-px clips are tiny).
@@ -95,12 +96,10 @@ class SampleVideos(Callback):
             labels = labels.repeat_interleave(self.num_samples)
             n = len(labels)
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        # Guidance needs labels: unconditional models (e.g. a flat folder) sample without it.
+        scale = self.guidance_scale if labels is not None else 1.0
         videos = pl_module.generate(
-            self.sampler,
-            (n, c, t, h, w),
-            labels=labels,
-            guidance_scale=self.guidance_scale,
-            generator=generator,
+            self.sampler, (n, c, t, h, w), labels=labels, guidance_scale=scale, generator=generator
         )
         return to_uint8(videos), labels
 
