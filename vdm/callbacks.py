@@ -53,8 +53,6 @@ class SampleVideos(Callback):
         self.num_samples, self.guidance_scale = num_samples, guidance_scale
         self.num_frames, self.fps, self.upscale, self.seed = num_frames, fps, upscale, seed
         self._clip_shape: tuple[int, ...] | None = None
-        self.last_step: int | None = None
-        self.last_dir: Path | None = None
 
     def on_validation_batch_start(
         self,
@@ -74,7 +72,6 @@ class SampleVideos(Callback):
         videos, labels = self.sample(pl_module)
         out_dir = self.dirpath / f"step_{step:06d}"
         paths = self.write(out_dir, videos, rows=pl_module.num_classes or 1)
-        self.last_step, self.last_dir = step, out_dir
         log.info("Wrote %d sample videos to %s", len(videos), out_dir)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

@@ -95,10 +95,10 @@ class VideoReader:
             return self._reader.get_batch(list(indices)).asnumpy()
         except DECODE_ERRORS as error:
             if "must exactly match" in str(error):
-                return self._decode_then_resize(indices)
+                return self._decode_with_pyav(indices)
             raise VideoReadError(self.path, _reason(error)) from None
 
-    def _decode_then_resize(self, indices: list[int]) -> np.ndarray:
+    def _decode_with_pyav(self, indices: list[int]) -> np.ndarray:
         """Fallback for a decord 0.6 bug: for some frame sizes (square 16, 24 or 48 px, exact
         halves of the native size, ...) its frame copy sees padded rows and fails with
         "The size must exactly match". Decode those files with PyAV instead, counting frames
