@@ -70,3 +70,42 @@ def compose_run(tmp_path: Path, *overrides: str, fast: bool = True):
         cfg.paths.output_dir = str(tmp_path)
         del cfg["hydra"]
     return cfg
+
+
+def train_tiny(run_dir: Path, num_classes: int) -> Path:
+    """Train the debug=fast model for 2 steps (EMA from the first step); return its last.ckpt."""
+    from vdm.train import run
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VDM_CACHE_DIR", str(run_dir.parent / "cache"))
+        run(
+            compose_run(
+                run_dir,
+                f"data.num_classes={num_classes}",
+                "trainer.max_steps=2",
+                "trainer.val_check_interval=2",
+                "callbacks.ema.update_starting_at_step=0",
+                "~logger",
+            )
+        )
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def conditional_ckpt(tmp_path_factory) -> Path:
+    """A 3-class checkpoint of the tiny U-Net (32², 8 frames), trained for 2 steps."""
+    return train_tiny(tmp_path_factory.mktemp("trained") / "conditional", num_classes=3)
+
+
+@pytest.fixture(scope="session")
+def unconditional_ckpt(tmp_path_factory) -> Path:
+    """An unconditional checkpoint of the tiny U-Net (32², 8 frames), trained for 2 steps."""
+    return train_tiny(tmp_path_factory.mktemp("trained") / "unconditional", num_classes=0)
+
+
+def compose_config(name: str, *overrides: str):
+    """``conf/<name>.yaml`` composed as its command would (``sample`` or ``evaluate``)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(name, overrides=list(overrides))

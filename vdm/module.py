@@ -142,6 +142,7 @@ class VideoDiffusionModule(LightningModule):
         guidance_scale: float = 1.0,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        x_T: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Sample videos ``shape = (N, C, T, H, W)`` in [-1, 1] with the current weights.
 
@@ -152,6 +153,7 @@ class VideoDiffusionModule(LightningModule):
             guidance_scale: classifier-free guidance scale; 1 = none.
             generator: RNG of the initial noise (on this module's device).
             progress: show a progress bar over steps.
+            x_T: the initial noise ``shape``; drawn from ``generator`` when None.
         """
         if guidance_scale != 1 and self.num_classes == 0:
             raise ValueError(
@@ -173,6 +175,7 @@ class VideoDiffusionModule(LightningModule):
                 model_fn,
                 shape,
                 generator=generator,
+                x_T=x_T,
                 progress=progress,
                 device=self.device,
             )

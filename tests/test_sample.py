@@ -1,0 +1,140 @@
+"""python -m vdm.sample: a checkpoint to mp4 files, a gif grid and an npz."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from conftest import compose_config
+
+from vdm.sample import class_labels, load_run, run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sample(ckpt: Path, out_dir: Path, *overrides: str) -> Path:
+    cfg = compose_config("sample", f"ckpt_path={ckpt}", f"out_dir={out_dir}", *overrides)
+    return run(cfg)
+
+
+def decoded_frames(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [["sampler=ddpm", "sampler.steps=4"], ["sampler=ddim", "sampler.steps=3"], ["sampler=dpmpp"]],
+    ids=["ddpm", "ddim", "dpmpp"],
+)
+def test_each_sampler_writes_mp4s_a_gif_grid_and_an_npz(conditional_ckpt, tmp_path, sampler):
+    out = sample(conditional_ckpt, tmp_path, "num_samples=3", "batch_size=2", *sampler)
+    assert out == tmp_path
+    videos = np.load(out / "samples.npz")["videos"]
+    assert videos.dtype == np.uint8 and videos.shape == (3, 8, 32, 32, 3)  # the run's clip size
+    mp4s = sorted(out.glob("sample_*.mp4"))
+    assert [p.name for p in mp4s] == ["sample_0000.mp4", "sample_0001.mp4", "sample_0002.mp4"]
+    assert decoded_frames(mp4s[0]).shape == (8, 128, 128, 3)  # upscaled ×4 to be watchable
+    grid = decoded_frames(out / "grid.gif")
+    assert grid.shape[0] == 8 and grid.shape[1] > 128  # one frame per clip frame, tiles in rows
+
+
+def test_the_same_seed_gives_identical_clips_and_another_seed_new_ones(conditional_ckpt, tmp_path):
+    args = ("num_samples=2", "sampler.steps=3")
+    first = np.load(sample(conditional_ckpt, tmp_path / "a", *args) / "samples.npz")["videos"]
+    again = np.load(sample(conditional_ckpt, tmp_path / "b", *args) / "samples.npz")["videos"]
+    other = np.load(sample(conditional_ckpt, tmp_path / "c", *args, "seed=1") / "samples.npz")[
+        "videos"
+    ]
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first.astype(int) - other).mean() > 1
+
+
+def test_clip_i_depends_on_seed_and_i_not_on_how_many_are_sampled(conditional_ckpt, tmp_path):
+    """Deterministic DDIM: the first two of three clips are the two clips of a shorter run."""
+    args = ("sampler.steps=3", "batch_size=1", "labels=[1]")
+    two = sample(conditional_ckpt, tmp_path / "a", "num_samples=2", *args)
+    three = sample(conditional_ckpt, tmp_path / "b", "num_samples=3", *args)
+    np.testing.assert_array_equal(
+        np.load(two / "samples.npz")["videos"], np.load(three / "samples.npz")["videos"][:2]
+    )
+
+
+def test_labels_pick_the_class(conditional_ckpt, tmp_path):
+    args = ("num_samples=1", "sampler.steps=3", "guidance_scale=4")
+    zero = np.load(sample(conditional_ckpt, tmp_path / "a", *args, "labels=[0]") / "samples.npz")
+    two = np.load(sample(conditional_ckpt, tmp_path / "b", *args, "labels=[2]") / "samples.npz")
+    assert not np.array_equal(zero["videos"], two["videos"])
+
+
+def test_frames_other_than_the_training_length(unconditional_ckpt, tmp_path):
+    out = sample(unconditional_ckpt, tmp_path, "num_samples=1", "sampler.steps=2", "frames=12")
+    assert np.load(out / "samples.npz")["videos"].shape == (1, 12, 32, 32, 3)
+
+
+def test_default_out_dir_is_inside_the_run_and_names_sampler_and_seed(unconditional_ckpt):
+    cfg = compose_config(
+        "sample", f"ckpt_path={unconditional_ckpt}", "num_samples=1", "sampler=dpmpp",
+        "sampler.steps=2", "seed=7",
+    )  # fmt: skip
+    out = run(cfg)
+    assert out == unconditional_ckpt.parents[1] / "samples" / "last-dpmsolver2-seed7"
+    assert (out / "samples.npz").is_file()
+
+
+def test_sampling_uses_the_ema_weights_stored_in_the_checkpoint(conditional_ckpt):
+    checkpoint = torch.load(conditional_ckpt, weights_only=True)
+    loaded = load_run(conditional_ckpt)
+    assert loaded.weights == "EMA" and loaded.global_step == 2
+    ema = {k.removeprefix("denoiser."): v for k, v in checkpoint["state_dict"].items()}
+    current = {k.removeprefix("denoiser."): v for k, v in checkpoint["current_model_state"].items()}
+    state = loaded.module.denoiser.state_dict()
+    assert any(not torch.equal(ema[k], current[k]) for k in state)  # EMA ≠ training weights
+    for name, value in state.items():
+        torch.testing.assert_close(value, ema[name], rtol=0, atol=0)
+
+
+def test_guidance_on_an_unconditional_model_is_a_clear_error(unconditional_ckpt, tmp_path):
+    with pytest.raises(ValueError, match=r"guidance_scale=2 needs a class-conditional model"):
+        sample(unconditional_ckpt, tmp_path, "num_samples=1", "guidance_scale=2")
+
+
+def test_labels_on_an_unconditional_model_or_out_of_range_are_clear_errors(
+    unconditional_ckpt, conditional_ckpt, tmp_path
+):
+    with pytest.raises(ValueError, match=r"labels=\[1\] needs a class-conditional model"):
+        sample(unconditional_ckpt, tmp_path, "num_samples=1", "labels=[1]")
+    with pytest.raises(ValueError, match=r"labels=\[3\]: this model knows classes 0..2"):
+        sample(conditional_ckpt, tmp_path, "num_samples=1", "labels=[3]")
+
+
+def test_class_labels_come_in_equal_blocks_or_cycle_the_given_ones():
+    assert class_labels(None, 6, 3) == [0, 0, 1, 1, 2, 2]
+    assert class_labels([0, 2], 5, 3) == [0, 2, 0, 2, 0]
+    assert class_labels(None, 4, 0) is None
+
+
+def python_m(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+
+
+def test_a_missing_or_foreign_checkpoint_is_one_line(tmp_path):
+    missing = python_m("vdm.sample")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines() == [
+        "vdm: error: ckpt_path is missing: python -m vdm.sample "
+        "ckpt_path=<run dir>/checkpoints/last.ckpt"
+    ]
+    foreign = tmp_path / "weights.pt"
+    torch.save({"conv.weight": torch.zeros(2)}, foreign)
+    result = python_m("vdm.sample", f"ckpt_path={foreign}")
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"vdm: error: ckpt_path={foreign} is not a vdm checkpoint")
+    assert not list(tmp_path.glob("*.mp4"))
