@@ -114,3 +114,35 @@ def test_bad_input_fails_in_one_line(tmp_path):
     missing = train(tmp_path, "data=folder", "data.root=/no/such/videos", check=False)
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines()[-1].startswith("vdm: error: Video folder /no/such")
+
+
+def test_sample_command_as_written_in_the_issue(conditional_ckpt):
+    """``python -m vdm.sample ckpt_path=... num_samples=16 sampler=dpmpp sampler.steps=20``."""
+    result = subprocess.run(
+        [sys.executable, "-m", "vdm.sample", f"ckpt_path={conditional_ckpt}", "num_samples=16",
+         "sampler=dpmpp", "sampler.steps=20"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = conditional_ckpt.parents[1] / "samples" / "last-dpmsolver20-seed0"
+    assert f"to {out}" in result.stdout
+    assert len(list(out.glob("sample_*.mp4"))) == 16
+    assert (out / "grid.gif").is_file() and (out / "samples.npz").is_file()
+    assert not list(REPO.glob("*.log")) and not (REPO / ".hydra").exists()  # nothing in the repo
+
+
+def test_evaluate_command_writes_the_metrics_json(unconditional_ckpt, tmp_path):
+    from test_evaluate import FEATURES, ClipStatistics
+
+    extractor = tmp_path / "stats.pt"
+    torch.jit.script(ClipStatistics()).save(str(extractor))
+    out = tmp_path / "fvd.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "vdm.evaluate", f"ckpt_path={unconditional_ckpt}",
+         f"fvd.extractor={extractor}", f"fvd.feature_dim={FEATURES}", "num_samples=8",
+         "sampler=dpmpp", "sampler.steps=5", f"out={out}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("FVD ") and str(out) in result.stdout
+    assert out.is_file()
