@@ -1,5 +1,6 @@
 """The README's commands, run as written through the command line (slow: minutes each)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -144,5 +145,5 @@ def test_evaluate_command_writes_the_metrics_json(unconditional_ckpt, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.startswith("FVD ") and str(out) in result.stdout
-    assert out.is_file()
+    assert "FVD " in result.stdout and f"Wrote {out}" in result.stdout
+    assert json.loads(out.read_text())["protocol"]["num_generated"] == 8
