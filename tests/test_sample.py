@@ -138,3 +138,15 @@ def test_a_missing_or_foreign_checkpoint_is_one_line(tmp_path):
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"vdm: error: ckpt_path={foreign} is not a vdm checkpoint")
     assert not list(tmp_path.glob("*.mp4"))
+
+
+def test_fps_upscale_and_precision_reach_the_files(unconditional_ckpt, tmp_path):
+    out = sample(
+        unconditional_ckpt, tmp_path, "num_samples=1", "sampler.steps=2", "fps=4", "upscale=2",
+        "precision=bf16-mixed", "device=cpu",
+    )  # fmt: skip
+    with av.open(str(out / "sample_0000.mp4")) as container:
+        assert container.streams.video[0].average_rate == 4
+    assert decoded_frames(out / "sample_0000.mp4").shape == (8, 64, 64, 3)
+    with pytest.raises(ValueError, match="precision=fp8: use one of 32-true, bf16-mixed, 16-mixed"):
+        sample(unconditional_ckpt, tmp_path, "num_samples=1", "precision=fp8")
