@@ -11,7 +11,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
 from vdm.diffusion.samplers import Sampler
-from vdm.video_io import make_grid, to_uint8, write_gif, write_mp4
+from vdm.video_io import to_uint8, write_clips
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ class SampleVideos(Callback):
 
     Runs on rank zero with the weights validation used (the EMA weights when
     ``EMAWeightAveraging`` is on: ``vdm.train`` orders weight averaging after this callback).
-    Writes ``<dirpath>/step_XXXXXX/sample_XX.mp4`` and ``grid.gif``, and logs the grid and the
+    Writes ``<dirpath>/step_XXXXXX/sample_XXXX.mp4`` and ``grid.gif``, and logs the grid and the
     clips to every ``WandbLogger`` (as file paths, so moviepy is not needed). A class-conditional
     model gets one grid row per class.
 
@@ -71,7 +71,8 @@ class SampleVideos(Callback):
         step = trainer.global_step
         videos, labels = self.sample(pl_module)
         out_dir = self.dirpath / f"step_{step:06d}"
-        paths = self.write(out_dir, videos, rows=pl_module.num_classes or 1)
+        rows = pl_module.num_classes or 1  # a row per class
+        paths = write_clips(out_dir, videos, self.fps, self.upscale, nrow=len(videos) // rows)
         log.info("Wrote %d sample videos to %s", len(videos), out_dir)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
@@ -99,17 +100,6 @@ class SampleVideos(Callback):
             self.sampler, (n, c, t, h, w), labels=labels, guidance_scale=scale, generator=generator
         )
         return to_uint8(videos), labels
-
-    def write(self, out_dir: Path, videos: np.ndarray, rows: int) -> list[Path]:
-        """Write each clip as mp4 and all of them as one gif grid (a row per class)."""
-        if self.upscale > 1:
-            videos = videos.repeat(self.upscale, axis=2).repeat(self.upscale, axis=3)
-        paths = [
-            write_mp4(out_dir / f"sample_{i:02d}.mp4", clip, self.fps)
-            for i, clip in enumerate(videos)
-        ]
-        write_gif(out_dir / "grid.gif", make_grid(videos, nrow=len(videos) // rows), self.fps)
-        return paths
 
 
 class ValidateAtEnd(Callback):

@@ -24,7 +24,7 @@ from vdm.checkpoint import load_checkpoint
 from vdm.diffusion.samplers import Sampler
 from vdm.module import VideoDiffusionModule
 from vdm.train import build_diffusion, build_model, user_errors_in_one_line
-from vdm.video_io import make_grid, to_uint8, write_gif, write_mp4, write_npz
+from vdm.video_io import to_uint8, write_clips, write_npz
 
 log = logging.getLogger(__name__)
 
@@ -170,18 +170,6 @@ def sample_as_configured(
     return videos, guidance
 
 
-def write_samples(
-    out_dir: Path, videos: np.ndarray, fps: float, upscale: int, nrow: int
-) -> list[Path]:
-    """``sample_XXXX.mp4`` per clip and ``grid.gif`` (both upscaled), and ``samples.npz``."""
-    write_npz(out_dir / "samples.npz", videos)
-    if upscale > 1:
-        videos = videos.repeat(upscale, axis=2).repeat(upscale, axis=3)
-    paths = [write_mp4(out_dir / f"sample_{i:04d}.mp4", v, fps) for i, v in enumerate(videos)]
-    write_gif(out_dir / "grid.gif", make_grid(videos, nrow=nrow), fps)
-    return paths
-
-
 def guidance_for(scale: float | None, run_cfg: DictConfig, num_classes: int) -> float:
     """``scale``, or by default the run's sample-video guidance for conditional models and 1
     (none) for unconditional ones."""
@@ -231,7 +219,8 @@ def run(cfg: DictConfig) -> Path:
     # A row per class when the classes come in equal blocks; else a near-square grid.
     blocks = labels is not None and not cfg.labels and cfg.num_samples % module.num_classes == 0
     nrow = cfg.num_samples // module.num_classes if blocks else math.ceil(math.sqrt(len(videos)))
-    write_samples(out_dir, videos, cfg.fps, upscale, nrow)
+    write_npz(out_dir / "samples.npz", videos)
+    write_clips(out_dir, videos, cfg.fps, upscale, nrow)
     print(
         f"Sampled {len(videos)} clips in {seconds:.1f} s ({seconds / len(videos):.2f} s/clip). "
         f"Wrote sample_0000.mp4 .. sample_{len(videos) - 1:04d}.mp4, grid.gif and samples.npz "

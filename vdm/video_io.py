@@ -171,6 +171,30 @@ def make_grid(videos: np.ndarray, nrow: int | None = None, padding: int = 1) -> 
     return grid
 
 
+def write_clips(
+    out_dir: str | os.PathLike[str], videos: np.ndarray, fps: float, upscale: int = 1,
+    nrow: int | None = None,
+) -> list[Path]:  # fmt: skip
+    """Write ``sample_XXXX.mp4`` per clip and all of them tiled as ``grid.gif``.
+
+    Args:
+        out_dir: the folder; created if needed.
+        videos: uint8 ``(N, T, H, W, 3)``.
+        fps: frame rate of the files.
+        upscale: nearest-neighbour factor applied to the written frames (small clips).
+        nrow: clips per grid row; None = as ``make_grid``.
+
+    Returns:
+        The mp4 paths, in clip order.
+    """
+    out_dir = Path(out_dir)
+    if upscale > 1:
+        videos = videos.repeat(upscale, axis=2).repeat(upscale, axis=3)
+    paths = [write_mp4(out_dir / f"sample_{i:04d}.mp4", v, fps) for i, v in enumerate(videos)]
+    write_gif(out_dir / "grid.gif", make_grid(videos, nrow=nrow), fps)
+    return paths
+
+
 def write_npz(path: str | os.PathLike[str], videos: np.ndarray) -> Path:
     """Save clips to a compressed ``.npz`` under the key ``videos``.
 
