@@ -16,21 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from importlib.metadata import version
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _anchors import MODELS, PAIRS, import_all  # bench/ is on sys.path: scripts run from it
+from _machine import header, matmul_gflops
 from torch.utils.flop_counter import FlopCounterMode
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _anchors import MODELS, PAIRS, import_all
 
 WORKLOADS = {"W1": (4, 3, 8, 32, 32), "W2": (2, 3, 16, 64, 64)}  # (B, C, T, H, W)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -129,19 +126,6 @@ def run_worker(name: str, workload: str, precision: str, steps: int, flops: bool
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Best-of-3 throughput of an n×n matmul: this machine's practical peak."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = math.inf
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 * repeats / best / 1e9
-
-
 def table(workload: str, results: dict, peaks: dict) -> list[str]:
     """Markdown rows for one workload: every model at every precision measured."""
     b = WORKLOADS[workload][0]
@@ -228,9 +212,8 @@ def main() -> None:
 
     peaks = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
     print(
-        f"# {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads; torch {torch.__version__}, diffusers "
-        f"{version('diffusers')}, video-diffusion-pytorch {version('video-diffusion-pytorch')}"
+        f"{header()}, diffusers {version('diffusers')}, "
+        f"video-diffusion-pytorch {version('video-diffusion-pytorch')}"
     )
     print(f"# matmul peak (2048², same run): fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} "
           "GFLOP/s")  # fmt: skip

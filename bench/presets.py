@@ -10,12 +10,12 @@ and the machine's fp32 / bf16 matmul throughput measured in the same run for con
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from _machine import header, matmul_gflops
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -51,15 +51,6 @@ def step_seconds(model: torch.nn.Module, x: torch.Tensor, bf16: bool, repeats: i
     return statistics.median(times)
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4)
@@ -70,10 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     presets = args.presets or sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
-    print(
-        f"# {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
-    )
+    print(header())
     print(
         f"# matmul peak: fp32 {matmul_gflops(torch.float32):.0f} GFLOP/s, "
         f"bf16 {matmul_gflops(torch.bfloat16):.0f} GFLOP/s"

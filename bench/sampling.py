@@ -11,12 +11,11 @@ model untrained (the cost per step does not depend on the weights).
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
+from _machine import header
 from hydra import compose, initialize_config_dir
 
 from vdm.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler
@@ -61,11 +60,7 @@ def main() -> None:
     shape = (cfg.model.in_channels, cfg.data.clip_len, cfg.data.size, cfg.data.size)
     guidance = guidance_for(None, cfg, module.num_classes)
     labels = class_labels(None, args.batch, module.num_classes)
-    print(
-        f"# {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}; clips {shape} "
-        f"(C, T, H, W), {args.batch} per call, guidance {guidance:g}"
-    )
+    print(f"{header()}; clips {shape} (C, T, H, W), {args.batch} per call, guidance {guidance:g}")
     print("| sampler | model calls | s per clip | clips/min |")
     print("|---|---:|---:|---:|")
     for name, sampler in SAMPLERS.items():
