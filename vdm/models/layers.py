@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vdm.models.fused import gated_linear
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     """Sinusoidal embedding ``(B, dim)`` of (possibly fractional) steps ``t (B,)``.
@@ -160,8 +162,14 @@ class Attention(nn.Module):
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: torch.Tensor, seq_dim: int = -2) -> torch.Tensor:
-        """Attend along ``seq_dim`` of ``x (..., dim)``; returns the same shape."""
+    def forward(
+        self, x: torch.Tensor, seq_dim: int = -2, gate: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attend along ``seq_dim`` of ``x (..., dim)``; returns the same shape.
+
+        ``gate (B, 1, ..., dim)`` multiplies the output inside the output projection
+        (:func:`~vdm.models.fused.gated_linear`), which saves one activation for backward.
+        """
         seq_dim = seq_dim % x.dim()
         qkv = self.qkv(x).unflatten(-1, (3, self.heads, self.head_dim))  # (..., 3, h, d)
         # Move (3, heads) in front of the sequence axis: (..., 3, heads, L, d), a view.
@@ -178,6 +186,8 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, L, d)
         out = out.reshape(*batch_shape, *out.shape[-3:])
         out = out.movedim(-2, seq_dim).flatten(-2)  # back to x's layout: (..., dim)
+        if gate is not None:
+            return gated_linear(out, self.out.weight, self.out.bias, gate)
         return self.out(out)
 
 
@@ -195,8 +205,17 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.dropout(F.gelu(self.fc1(x), approximate="tanh")))
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        """``fc2(GELU(fc1(x)))``, times ``gate (B, 1, ..., dim)`` when given.
+
+        Gated and without active dropout, GELU and fc2 run as one
+        :func:`~vdm.models.fused.gated_linear`, which keeps neither the GELU output nor fc2's.
+        """
+        hidden = self.fc1(x)
+        if gate is not None and not (self.dropout.p and self.training):
+            return gated_linear(hidden, self.fc2.weight, self.fc2.bias, gate, gelu=True)
+        out = self.fc2(self.dropout(F.gelu(hidden, approximate="tanh")))
+        return out if gate is None else gate * out
 
 
 def zero_module(module: nn.Module) -> nn.Module:

@@ -20,7 +20,8 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vdm.models.layers import Attention, ConditionEmbedder, Mlp, modulate
+from vdm.models.fused import norm_modulate
+from vdm.models.layers import Attention, ConditionEmbedder, Mlp
 
 
 def sincos_2d(grid_h: int, grid_w: int, dim: int, device: torch.device) -> torch.Tensor:
@@ -59,6 +60,10 @@ class AdaLNZero(nn.Module):
 class SpaceTimeBlock(nn.Module):
     """Spatial attention → temporal attention → MLP, each as ``x + gate·f(modulate(norm(x)))``.
 
+    LayerNorm and modulation run as one :func:`~vdm.models.fused.norm_modulate`, and each gate
+    multiplies inside its branch's last linear layer (:func:`~vdm.models.fused.gated_linear`):
+    the same maths, with fewer activations kept for backward.
+
     Only the gates start at zero: zero-initialising a branch's output layer as well would leave
     both the gate and the layer without gradient, and the branch would never open.
     """
@@ -67,24 +72,21 @@ class SpaceTimeBlock(nn.Module):
         self, dim: int, heads: int, mlp_ratio: float, dropout: float, qk_norm: bool
     ) -> None:
         super().__init__()
-        self.norm_spatial = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.spatial_attn = Attention(dim, heads, qk_norm=qk_norm)
         self.spatial_modulation = AdaLNZero(dim)
-        self.norm_temporal = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.temporal_attn = Attention(dim, heads, qk_norm=qk_norm, rotary=True)
         self.temporal_modulation = AdaLNZero(dim)
-        self.norm_mlp = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
         self.mlp_modulation = AdaLNZero(dim)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """``x (B, T', S, D)``, ``cond (B, D)`` → ``(B, T', S, D)``."""
         shift, scale, gate = self.spatial_modulation(cond)
-        x = x + gate * self.spatial_attn(modulate(self.norm_spatial(x), shift, scale))
+        x = x + self.spatial_attn(norm_modulate(x, shift, scale), gate=gate)
         shift, scale, gate = self.temporal_modulation(cond)
-        x = x + gate * self.temporal_attn(modulate(self.norm_temporal(x), shift, scale), seq_dim=1)
+        x = x + self.temporal_attn(norm_modulate(x, shift, scale), seq_dim=1, gate=gate)
         shift, scale, gate = self.mlp_modulation(cond)
-        return x + gate * self.mlp(modulate(self.norm_mlp(x), shift, scale))
+        return x + self.mlp(norm_modulate(x, shift, scale), gate=gate)
 
 
 class SpaceTimeTransformer(nn.Module):
@@ -139,7 +141,6 @@ class SpaceTimeTransformer(nn.Module):
         self.blocks = nn.ModuleList(
             SpaceTimeBlock(hidden_size, heads, mlp_ratio, dropout, qk_norm) for _ in range(depth)
         )
-        self.norm_out = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.modulation_out = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
         self.proj_out = nn.Linear(hidden_size, out_channels * temporal_patch_size * patch_size**2)
         # Final shift/scale start at zero (plain LayerNorm). proj_out keeps its random init:
@@ -175,7 +176,7 @@ class SpaceTimeTransformer(nn.Module):
             else:
                 tokens = block(tokens, cond)
         shift, scale = self.modulation_out(cond)[:, None, None].chunk(2, dim=-1)
-        out = self.proj_out(modulate(self.norm_out(tokens), shift, scale))
+        out = self.proj_out(norm_modulate(tokens, shift, scale))
         return rearrange(
             out,
             "b t (gh gw) (c pt p q) -> b c (t pt) (gh p) (gw q)",
