@@ -64,6 +64,32 @@ class TemporalConv(nn.Module):
         return frames_first(out)
 
 
+def _norm_act(
+    norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None, shift: torch.Tensor | None
+) -> torch.Tensor:
+    h = norm(x)
+    if scale is not None:
+        h = torch.addcmul(shift, h, 1 + scale)
+    return F.silu(h)
+
+
+def norm_act(
+    norm: nn.GroupNorm,
+    x: torch.Tensor,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``SiLU(GroupNorm(x)·(1 + scale) + shift)`` (scale and shift optional).
+
+    In training the chain is checkpointed: backward recomputes its elementwise steps from ``x``
+    instead of keeping the normed and modulated copies, one or two activations per residual
+    block, for the price of one more GroupNorm and SiLU (no convolution is recomputed).
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return checkpoint(_norm_act, norm, x, scale, shift, use_reentrant=False)
+    return _norm_act(norm, x, scale, shift)
+
+
 class ResBlock(nn.Module):
     """GroupNorm → SiLU → conv(3×3) → GroupNorm·(1+scale)+shift → SiLU → dropout → conv(3×3),
     plus a zero-initialised temporal convolution, around a residual connection."""
@@ -80,13 +106,12 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, frames: int) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(norm_act(self.norm1, x))
         # (B, 2C) → per frame (B·T, 2C, 1, 1)
         scale, shift = (
             self.emb_proj(F.silu(emb)).repeat_interleave(frames, 0)[..., None, None].chunk(2, 1)
         )
-        h = F.silu(torch.addcmul(shift, self.norm2(h), 1 + scale))
-        h = self.conv2(self.dropout(h))
+        h = self.conv2(self.dropout(norm_act(self.norm2, h, scale, shift)))
         h = h + self.temporal_conv(h, frames)
         return self.skip(x) + h
 
