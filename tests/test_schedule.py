@@ -95,3 +95,19 @@ def test_bad_arguments_name_the_config_key():
         NoiseSchedule(num_steps=0)
     with pytest.raises(ValueError, match="beta_start"):
         NoiseSchedule(beta_start=0.1, beta_end=0.01)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+@pytest.mark.parametrize("shift", [0.5, 2.0, 4.0])
+def test_snr_shift_divides_every_snr_by_its_square(kind, shift):
+    plain = NoiseSchedule(kind, num_steps=1000)
+    shifted = NoiseSchedule(kind, num_steps=1000, snr_shift=shift)
+    t = torch.arange(1000)
+    torch.testing.assert_close(shifted.snr(t), plain.snr(t) / shift**2, rtol=1e-9, atol=0)
+    assert (shifted.betas > 0).all() and (shifted.betas < 1).all()
+
+
+def test_snr_shift_of_one_is_the_named_schedule_and_must_be_positive():
+    assert torch.equal(NoiseSchedule("cosine", snr_shift=1.0).betas, NoiseSchedule("cosine").betas)
+    with pytest.raises(ValueError, match="schedule.snr_shift"):
+        NoiseSchedule("cosine", snr_shift=0.0)

@@ -71,6 +71,20 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     return 1 - alphas
 
 
+def shift_snr(betas: torch.Tensor, shift: float) -> torch.Tensor:
+    """Divide the SNR of every step by ``shift²`` (Hoogeboom et al. 2023, "simple diffusion").
+
+    Redundant signals (large frames, many frames of one object, flat colours) survive noise
+    that would hide a single pixel, so the coarse decisions of sampling happen at very low SNR;
+    ``shift > 1`` moves more of the steps there. ``ᾱ' = SNR'/(1 + SNR')`` with
+    ``SNR' = SNR/shift²``, and β is rebuilt from ``ᾱ'``.
+    """
+    alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    shifted = snr / (snr + shift**2)
+    return 1 - shifted / torch.cat([shifted.new_ones(1), shifted[:-1]])
+
+
 class NoiseSchedule:
     """A discrete noise schedule: β_t, ᾱ_t and the signal-to-noise ratio.
 
@@ -87,6 +101,8 @@ class NoiseSchedule:
         zero_terminal_snr: rescale so that ``ᾱ_{T-1} = 0`` (Lin et al. 2023). Turn on with
             ``v`` or ``x0`` prediction to stop the model from seeing signal at the last step
             that sampling never gives it; ``eps`` prediction cannot work at SNR 0.
+        snr_shift: divide every step's SNR by ``snr_shift²`` (:func:`shift_snr`); 1 keeps the
+            named schedule, > 1 makes it noisier. Applied before ``zero_terminal_snr``.
     """
 
     def __init__(
@@ -96,6 +112,7 @@ class NoiseSchedule:
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
         zero_terminal_snr: bool = False,
+        snr_shift: float = 1.0,
     ) -> None:
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps} (schedule.num_steps).")
@@ -104,10 +121,15 @@ class NoiseSchedule:
                 f"Need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end} "
                 "(schedule.beta_start / schedule.beta_end)."
             )
+        if snr_shift <= 0:
+            raise ValueError(f"snr_shift must be > 0, got {snr_shift} (schedule.snr_shift).")
         self.kind = kind
         self.num_steps = num_steps
         self.zero_terminal_snr = zero_terminal_snr
+        self.snr_shift = snr_shift
         betas = make_betas(kind, num_steps, beta_start, beta_end)
+        if snr_shift != 1:
+            betas = shift_snr(betas, snr_shift)
         if zero_terminal_snr:
             betas = rescale_zero_terminal_snr(betas)
         self.betas: torch.Tensor = betas
@@ -124,5 +146,5 @@ class NoiseSchedule:
     def __repr__(self) -> str:
         return (
             f"NoiseSchedule(kind={self.kind!r}, num_steps={self.num_steps}, "
-            f"zero_terminal_snr={self.zero_terminal_snr})"
+            f"zero_terminal_snr={self.zero_terminal_snr}, snr_shift={self.snr_shift})"
         )
