@@ -32,7 +32,39 @@ from torch.utils.flop_counter import FlopCounterMode
 WORKLOADS = {"W1": (4, 3, 8, 32, 32), "W2": (2, 3, 16, 64, 64)}  # (B, C, T, H, W)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 # Peak RSS of the whole process, and the part above the libraries every worker imports.
-RSS_KINDS = (("peak_rss_gb", "peak RSS"), ("model_rss_gb", "RSS above imports"))
+MEMORY_KINDS = (
+    ("peak_rss_gb", "peak RSS"),
+    ("model_rss_gb", "RSS above imports"),
+    ("saved_gb", "memory kept for backward"),
+)
+
+
+class SavedActivations:
+    """Bytes of the distinct storages autograd keeps for backward while active, parameters
+    excluded: a training step's activation memory, whatever the allocator does with it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.sizes: dict[int, int] = {}
+
+    def __enter__(self) -> SavedActivations:
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in self.parameters:
+                # Saved tensors stay alive until backward, so no two share an address.
+                self.sizes[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor)
+        self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.hooks.__exit__(*exc)
+
+    @property
+    def gigabytes(self) -> float:
+        return sum(self.sizes.values()) / 2**30
 
 
 class AttentionFlops:
@@ -97,11 +129,15 @@ def worker(name: str, workload: str, precision: str, steps: int, flops: bool) ->
             model(x, timesteps)
 
     result = {"params": params, "config": {k: str(v) for k, v in model.config.items()}}
-    if flops:  # the counted step doubles as the warm-up
-        result["train_flops"] = count_flops(train_step)
+    with SavedActivations(model) as saved:  # the warm-up step
+        if flops:
+            result["train_flops"] = count_flops(train_step)
+        else:
+            train_step()
+    result["saved_gb"] = saved.gigabytes
+    if flops:
         result["infer_flops"] = count_flops(inference)
     else:
-        train_step()
         inference()
     result["train_s"], result["infer_s"] = [], []
     for _ in range(steps):
@@ -132,8 +168,8 @@ def table(workload: str, results: dict, peaks: dict) -> list[str]:
     lines = [
         f"\n### {workload}: {' × '.join(map(str, WORKLOADS[workload]))} (B × C × T × H × W)\n",
         "| model | params | precision | train s/step | clips/s | vs anchor | GFLOP/s | % of "
-        "matmul peak | inference s | peak RSS GB | above imports GB |",
-        "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        "matmul peak | inference s | peak RSS GB | above imports GB | kept for backward GB |",
+        "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for (name, wl, precision), r in results.items():
         if wl != workload:
@@ -149,7 +185,8 @@ def table(workload: str, results: dict, peaks: dict) -> list[str]:
         lines.append(
             f"| {name} | {r['params'] / 1e6:.2f} M | {precision} | {step:.3f} | {b / step:.2f} | "
             f"{', '.join(ratios) or '—'} | {gflops:.0f} | {100 * gflops / peaks[precision]:.0f}% "
-            f"| {infer:.3f} | {r['peak_rss_gb']:.2f} | {r['model_rss_gb']:.2f} |"
+            f"| {infer:.3f} | {r['peak_rss_gb']:.2f} | {r['model_rss_gb']:.2f} "
+            f"| {r['saved_gb']:.2f} |"
         )
     return lines
 
@@ -190,8 +227,8 @@ def targets(results: dict, peaks: dict) -> list[str]:
     for ours, anchor in PAIRS:
         for p in PRECISIONS:
             if (ours, w, p) in results and (anchor, w, p) in results:
-                for rss, what in RSS_KINDS:
-                    ratio = results[ours, w, p][rss] / results[anchor, w, p][rss]
+                for kind, what in MEMORY_KINDS:
+                    ratio = results[ours, w, p][kind] / results[anchor, w, p][kind]
                     lines.append(
                         f"| {ours} {what} ≤ 0.6× {anchor} ({p}) | {ratio:.2f}× | "
                         f"{'yes' if ratio <= 0.6 else 'no'} |"

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from _anchors import MODELS
-from denoisers import count_flops
+from denoisers import SavedActivations, count_flops
 
 
 def test_attention_flops_follow_the_standard_formula():
@@ -42,3 +42,13 @@ def test_every_benchmarked_model_maps_a_video_to_its_shape(name):
     x = torch.randn(1, 3, 4, 32, 32)
     with torch.no_grad():
         assert model(x, torch.tensor([500])).shape == x.shape
+
+
+def test_saved_activations_count_what_backward_keeps_without_parameters():
+    """Linear keeps its input (its weight is a parameter), ReLU its output; a view is not new."""
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU())
+    x = torch.randn(100, 64, requires_grad=True)
+    with SavedActivations(model) as saved:
+        out = model(x)
+        (out.view(-1) * 2.0).sum().backward()
+    assert saved.gigabytes * 2**30 == x.nbytes + out.nbytes
