@@ -122,8 +122,10 @@ def gated_linear(
     Returns:
         ``(B, ..., D)``.
     """
-    if gate.shape[0] != x.shape[0] or gate.shape[-1] != weight.shape[0] or gate[0].numel() != (
-        weight.shape[0]
+    if (
+        gate.shape[0] != x.shape[0]
+        or gate.shape[-1] != weight.shape[0]
+        or gate[0].numel() != (weight.shape[0])
     ):
         raise ValueError(
             f"gated_linear needs a gate of shape (B, 1, ..., D) = ({x.shape[0]}, ..., "
