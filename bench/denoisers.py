@@ -31,7 +31,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 WORKLOADS = {"W1": (4, 3, 8, 32, 32), "W2": (2, 3, 16, 64, 64)}  # (B, C, T, H, W)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-# Peak RSS of the whole process, and the part above the libraries every worker imports.
+# Peak RSS of the whole process, the part above the libraries every worker imports, and the
+# activations autograd keeps for backward (allocator-free).
 MEMORY_KINDS = (
     ("peak_rss_gb", "peak RSS"),
     ("model_rss_gb", "RSS above imports"),
