@@ -10,7 +10,6 @@ from vdm.models.layers import (
     LabelEmbedder,
     RotaryEmbedding,
     apply_rotary,
-    modulate,
     timestep_embedding,
 )
 from vdm.models.transformer import sincos_2d
@@ -78,11 +77,6 @@ def test_zero_init_attention_output_is_zero_and_heads_must_divide():
     assert Attention(8, 2, zero_init_out=True)(torch.randn(2, 3, 8)).abs().max() == 0
     with pytest.raises(ValueError, match="divisible"):
         Attention(10, 4)
-
-
-def test_modulate_is_adaptive_layer_norm_scale_and_shift():
-    x, shift, scale = torch.randn(2, 3, 4), torch.randn(2, 1, 4), torch.randn(2, 1, 4)
-    assert torch.allclose(modulate(x, shift, scale), x * (1 + scale) + shift)
 
 
 def test_label_embedder_has_a_null_row_and_checks_range():

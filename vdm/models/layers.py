@@ -191,11 +191,6 @@ class Attention(nn.Module):
         return self.out(out)
 
 
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: ``x·(1 + scale) + shift``, with ``shift``/``scale`` broadcast over tokens."""
-    return torch.addcmul(shift, x, 1 + scale)
-
-
 class Mlp(nn.Module):
     """Two-layer feed-forward with GELU (tanh approximation, as in DiT)."""
 
