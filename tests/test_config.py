@@ -63,11 +63,13 @@ def test_every_diffusion_key_reaches_the_process():
             "diffusion.prediction=x0",
             "diffusion.loss_weighting=min_snr",
             "diffusion.min_snr_gamma=2.5",
+            "diffusion.frame_noise_correlation=0.25",
         )
     )
     assert diffusion.prediction == "x0"
     assert diffusion.loss_weighting == "min_snr"
     assert diffusion.min_snr_gamma == 2.5
+    assert diffusion.frame_noise_correlation == 0.25
 
 
 def test_every_sampler_option_and_key_reaches_the_sampler():

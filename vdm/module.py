@@ -99,7 +99,7 @@ class VideoDiffusionModule(LightningModule):
             drop = torch.rand(b, generator=generator, device=self.device) < dropout
             labels = labels.masked_fill(drop, self.num_classes)
         t = self.diffusion.sample_timesteps(b, self.device, generator)
-        noise = torch.randn(video.shape, generator=generator, device=self.device)
+        noise = self.diffusion.noise(video.shape, generator, self.device)
         return self.diffusion.training_loss(
             self.denoiser, video, t=t, noise=noise.to(video.dtype), labels=labels
         )

@@ -120,7 +120,9 @@ def sample_clips(
         stop = min(start + batch_size, num_samples)
         x_T = torch.stack(
             [
-                torch.randn(clip_shape, generator=torch.Generator().manual_seed(_seed(seed, 0, i)))
+                module.diffusion.noise(
+                    (1, *clip_shape), torch.Generator().manual_seed(_seed(seed, 0, i))
+                )[0]
                 for i in range(start, stop)
             ]
         ).to(device)

@@ -6,10 +6,17 @@ With ``a = sqrt(ᾱ_t)`` and ``σ = sqrt(1 - ᾱ_t)`` (so ``a² + σ² = 1``):
 - the three targets a denoiser may predict: ``eps = ε``, ``x0``, and
   ``v = a·ε - σ·x0`` (Salimans & Ho 2022);
 - each one, together with ``x_t``, determines the other two.
+
+ε is standard normal per element. For video it may be correlated across frames (the "mixed"
+noise prior of Ge et al. 2023, PYoCo): every frame's noise shares one component, so the reverse
+process starts all frames from similar noise and they agree on what is where. All formulas
+above hold unchanged for any fixed noise covariance; only the draws of ε change
+(:meth:`GaussianDiffusion.noise`, used for training and by every sampler).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -43,6 +50,9 @@ class GaussianDiffusion:
             per-step weights equivalent to ``min(SNR, γ)·|x̂0 - x0|²`` for every target, which
             speeds up convergence by damping the easy low-noise steps).
         min_snr_gamma: γ of ``min_snr``; 5 is the paper's value.
+        frame_noise_correlation: ρ in ``[0, 1)``, the correlation between the noise of any two
+            frames of a video (0 = independent, as in image diffusion). A model must be sampled
+            with the ρ it was trained with; it is part of the process, like the schedule.
     """
 
     def __init__(
@@ -51,6 +61,7 @@ class GaussianDiffusion:
         prediction: str = "eps",
         loss_weighting: str = "uniform",
         min_snr_gamma: float = 5.0,
+        frame_noise_correlation: float = 0.0,
     ) -> None:
         if prediction not in PREDICTIONS:
             raise ValueError(
@@ -69,10 +80,16 @@ class GaussianDiffusion:
             )
         if min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}.")
+        if not 0 <= frame_noise_correlation < 1:
+            raise ValueError(
+                f"frame_noise_correlation must be in [0, 1), got {frame_noise_correlation} "
+                "(config key diffusion.frame_noise_correlation)."
+            )
         self.schedule = schedule
         self.prediction = prediction
         self.loss_weighting = loss_weighting
         self.min_snr_gamma = min_snr_gamma
+        self.frame_noise_correlation = frame_noise_correlation
         self._tables: dict[torch.device, dict[str, torch.Tensor]] = {}
 
     @property
@@ -101,6 +118,33 @@ class GaussianDiffusion:
         return broadcast_like(self._table(name, t), x).to(x.dtype)
 
     # forward process -------------------------------------------------------------------------
+
+    def noise(
+        self,
+        shape: tuple[int, ...] | torch.Size,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """Draw ε of ``shape``: unit variance per element, frames correlated by ρ.
+
+        With ``ρ = frame_noise_correlation > 0`` the shape must be video ``(B, C, T, H, W)`` and
+        ``ε = sqrt(1-ρ)·z + sqrt(ρ)·z_shared``, where ``z`` is drawn per frame and ``z_shared``
+        once per video (broadcast over T). With ρ = 0 it is exactly ``torch.randn`` from
+        ``generator``: the same numbers as before the option existed.
+        """
+        eps = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        rho = self.frame_noise_correlation
+        if rho == 0:
+            return eps
+        if len(shape) != 5:
+            raise ValueError(
+                f"frame_noise_correlation={rho} needs video-shaped noise (B, C, T, H, W); got "
+                f"shape {tuple(shape)}."
+            )
+        b, c, _, h, w = shape
+        shared = torch.randn((b, c, 1, h, w), generator=generator, device=device, dtype=dtype)
+        return math.sqrt(1 - rho) * eps + math.sqrt(rho) * shared
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Draw ``x_t ~ q(x_t | x0)`` as ``sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·noise``.
@@ -225,7 +269,7 @@ class GaussianDiffusion:
         if t is None:
             t = self.sample_timesteps(batch, x0.device, generator)
         if noise is None:
-            noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+            noise = self.noise(x0.shape, generator, x0.device, x0.dtype)
         x_t = self.q_sample(x0, t, noise)
         out = model_fn(x_t, t, **cond)
         if out.shape != x0.shape:

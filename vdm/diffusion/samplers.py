@@ -152,7 +152,7 @@ class Sampler:
         x = (
             x_T.to(device=device, dtype=torch.float32)
             if x_T is not None
-            else torch.randn(shape, generator=generator, device=device)
+            else diffusion.noise(shape, generator, device)
         )
         timesteps = self.timesteps(diffusion)
         ab = diffusion.schedule.alphas_cumprod
@@ -184,8 +184,12 @@ class Sampler:
         raise NotImplementedError
 
 
-def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def _noise_like(
+    diffusion: GaussianDiffusion, x: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
+    # The process's own noise: with frames correlated in training, the reverse steps add
+    # noise of the same covariance (the posterior's covariance is β̃ times it).
+    return diffusion.noise(x.shape, generator, x.device, x.dtype)
 
 
 class DDPMSampler(Sampler):
@@ -217,7 +221,7 @@ class DDPMSampler(Sampler):
         variance = (1 - ab_prev) / (1 - ab_t) * beta
         if variance <= 0:  # the last step: the posterior is a point mass at x̂0
             return mean
-        return mean + math.sqrt(variance) * _noise_like(x, generator)
+        return mean + math.sqrt(variance) * _noise_like(diffusion, x, generator)
 
 
 class DDIMSampler(Sampler):
@@ -248,7 +252,7 @@ class DDIMSampler(Sampler):
         sigma = self.eta * math.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev))
         x_prev = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
         if sigma > 0:
-            x_prev = x_prev + sigma * _noise_like(x, generator)
+            x_prev = x_prev + sigma * _noise_like(diffusion, x, generator)
         return x_prev
 
 
