@@ -8,10 +8,10 @@ With ``a = sqrt(ᾱ_t)`` and ``σ = sqrt(1 - ᾱ_t)`` (so ``a² + σ² = 1``):
 - each one, together with ``x_t``, determines the other two.
 
 ε is standard normal per element. For video it may be correlated across frames (the "mixed"
-noise prior of Ge et al. 2023, PYoCo): every frame's noise shares one component, so the reverse
-process starts all frames from similar noise and they agree on what is where. All formulas
-above hold unchanged for any fixed noise covariance; only the draws of ε change
-(:meth:`GaussianDiffusion.noise`, used for training and by every sampler).
+noise prior of Ge et al. 2023, PYoCo): every frame's noise shares one component, so the frames
+of a clip start the reverse process from similar noise. All formulas above hold unchanged for
+any fixed noise covariance; only the draws of ε change (:meth:`GaussianDiffusion.noise`, used
+for training and by every sampler).
 """
 
 from __future__ import annotations
