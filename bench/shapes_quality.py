@@ -1,0 +1,182 @@
+"""How well sampled moving-shapes clips hold together: colour purity, frame match, colour stability.
+
+    python bench/shapes_quality.py [DIR ...] [--size 32] [--real 60]
+
+Each DIR is a folder of sample clips (``<run dir>/samples/step_XXXXXX``) or a run directory
+(all its sample folders). Without DIR it scores the newest run under ``outputs/runs``. Next to
+the samples it scores real clips of the shapes set and the same real frames shuffled across
+clips: the two ends of the scale. The README's tables in "Training" come from this script.
+
+- *purity*: each foreground blob's share of pixels with its majority palette colour, averaged
+  over blobs by size. Overlapping objects make one blob, so real clips score below 1 (~0.85).
+- *one-colour*: the share of blobs whose purity is at least 0.9.
+- *frame match*: the share of foreground pixels in frame f+1 that have a pixel of the same
+  palette colour within 3 px (Chebyshev) in frame f. Objects move at most 2.5 px a frame, so
+  real clips score 1.
+- *colour stability*: one minus the total-variation distance between the palette-colour
+  histograms of the foreground of neighbouring frames. Real clips score about 0.99.
+
+Frames are read back at the model's resolution: sample files are upscaled by nearest
+neighbour, so the centre pixel of each upscaled block is the model's pixel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+from _machine import header
+from scipy import ndimage
+
+from vdm.data.reader import VideoReader
+from vdm.data.shapes import PALETTE, ShapesSpec, clip_rng, render_clip
+
+REPO = Path(__file__).resolve().parents[1]
+COLOURS = np.array(list(PALETTE.values()), dtype=np.float64)  # (6, 3)
+# A pixel is foreground when its brightest channel passes this: palette colours have a 255
+# channel and the background is 0, so the threshold sits between with room for sampling noise.
+FOREGROUND = 110
+MIN_BLOB = 6  # pixels; smaller specks are sampling noise, not objects
+MATCH_RADIUS = 3  # px; objects move at most 2.5 px a frame at 32²
+
+
+def palette_labels(frames: np.ndarray) -> np.ndarray:
+    """uint8 ``(T, H, W, 3)`` → int ``(T, H, W)``: nearest palette colour, -1 for background."""
+    rgb = frames.astype(np.float64)
+    nearest = ((rgb[..., None, :] - COLOURS) ** 2).sum(-1).argmin(-1)
+    return np.where(rgb.max(-1) > FOREGROUND, nearest, -1)
+
+
+def blob_purities(labels: np.ndarray) -> tuple[list[float], list[int]]:
+    """Purity and size of every 4-connected foreground blob of ``MIN_BLOB`` px or more."""
+    purities, sizes = [], []
+    for frame in labels:
+        blobs, count = ndimage.label(frame >= 0)
+        for i in range(1, count + 1):
+            colours = frame[blobs == i]
+            if colours.size < MIN_BLOB:
+                continue
+            purities.append(np.bincount(colours, minlength=len(COLOURS)).max() / colours.size)
+            sizes.append(colours.size)
+    return purities, sizes
+
+
+def frame_match(labels: np.ndarray, radius: int = MATCH_RADIUS) -> float:
+    """Mean over neighbouring frame pairs (with foreground in the later frame) of the share of
+    the later frame's foreground that finds its colour within ``radius`` px in the earlier."""
+    square = np.ones((3, 3), dtype=bool)
+    shares = []
+    for before, after in itertools.pairwise(labels):
+        foreground = after >= 0
+        if not foreground.any():
+            continue
+        found = np.zeros_like(foreground)
+        for colour in range(len(COLOURS)):
+            near = ndimage.binary_dilation(before == colour, structure=square, iterations=radius)
+            found |= (after == colour) & near
+        shares.append(found.sum() / foreground.sum())
+    return float(np.mean(shares)) if shares else float("nan")
+
+
+def colour_stability(labels: np.ndarray) -> float:
+    """One minus the mean total-variation distance between neighbouring frames' palette-colour
+    histograms (a frame without foreground has an all-zero histogram)."""
+    hists = []
+    for frame in labels:
+        colours = frame[frame >= 0]
+        hists.append(np.bincount(colours, minlength=len(COLOURS)) / max(colours.size, 1))
+    distances = [0.5 * np.abs(a - b).sum() for a, b in itertools.pairwise(hists)]
+    return 1.0 - float(np.mean(distances)) if distances else float("nan")
+
+
+def finite_mean(values: list[float]) -> float:
+    """Mean of the values that are not NaN (clips too short or empty to score); NaN if none."""
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def score(clips: list[np.ndarray]) -> dict[str, float]:
+    """The four scores over uint8 clips ``(T, H, W, 3)``."""
+    labels = [palette_labels(clip) for clip in clips]
+    purities, sizes = [], []
+    for clip in labels:
+        p, s = blob_purities(clip)
+        purities += p
+        sizes += s
+    purities = np.array(purities)
+    return {
+        "clips": len(clips),
+        "purity": float(np.average(purities, weights=sizes)) if sizes else float("nan"),
+        "one-colour": float((purities >= 0.9).mean()) if sizes else float("nan"),
+        "frame match": finite_mean([frame_match(c) for c in labels]),
+        "colour stability": finite_mean([colour_stability(c) for c in labels]),
+    }
+
+
+def read_samples(folder: Path, size: int) -> list[np.ndarray]:
+    """The folder's ``sample_*.mp4`` clips at the model's ``size``."""
+    clips = []
+    for path in sorted(folder.glob("sample_*.mp4")):
+        reader = VideoReader(path)
+        frames = reader.get_batch(list(range(len(reader))))
+        up = frames.shape[1] // size
+        clips.append(frames[:, up // 2 :: up, up // 2 :: up])
+    return clips
+
+
+def real_clips(count: int, size: int, frames: int) -> list[np.ndarray]:
+    """The first ``count`` validation clips of the default shapes set, cut to ``frames``."""
+    spec = ShapesSpec(size=size)
+    return [render_clip(clip_rng(spec, "val", i), spec)[0][:frames] for i in range(count)]
+
+
+def shuffled(clips: list[np.ndarray], seed: int = 0) -> list[np.ndarray]:
+    """Clips whose frame f comes from a random clip, for every f: no coherence at all."""
+    rng = np.random.default_rng(seed)
+    frames = clips[0].shape[0]
+    return [np.stack([clips[rng.integers(len(clips))][f] for f in range(frames)]) for _ in clips]
+
+
+def sample_folders(paths: list[str]) -> list[Path]:
+    if not paths:
+        runs = sorted(
+            (REPO / "outputs" / "runs").glob("*/samples"), key=lambda p: p.stat().st_mtime
+        )
+        paths = [str(runs[-1])] if runs else []
+    folders = []
+    for path in map(Path, paths):
+        folders += sorted(path.glob("step_*")) if path.name == "samples" else []
+        folders += sorted((path / "samples").glob("step_*")) if (path / "samples").is_dir() else []
+        folders += [path] if any(path.glob("sample_*.mp4")) else []
+    return folders
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="*", help="sample folders or run directories")
+    parser.add_argument("--size", type=int, default=32, help="the model's frame size")
+    parser.add_argument("--real", type=int, default=60, help="real clips to score")
+    args = parser.parse_args()
+    folders = sample_folders(args.dirs)
+    if not folders:
+        sys.exit("shapes_quality: no sample clips found: train first (python train.py) or pass DIR")
+    rows = [(str(f), score(read_samples(f, args.size))) for f in folders]
+    frames = read_samples(folders[0], args.size)[0].shape[0]
+    real = real_clips(args.real, args.size, frames)
+    rows += [
+        ("real clips", score(real)),
+        ("real frames, shuffled across clips", score(shuffled(real))),
+    ]
+    keys = ["clips", "purity", "one-colour", "frame match", "colour stability"]
+    print(header())
+    print("| samples | " + " | ".join(keys) + " |")
+    print("|---|" + "---:|" * len(keys))
+    for name, s in rows:
+        print(f"| {name} | {s['clips']} | " + " | ".join(f"{s[k]:.2f}" for k in keys[1:]) + " |")
+
+
+if __name__ == "__main__":
+    main()
