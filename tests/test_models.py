@@ -214,3 +214,61 @@ def test_temporal_conv_is_a_3x1x1_convolution():
     expected[:, :, 0] -= conv.proj.bias.view(3, 6)[0][None, :, None, None]
     expected[:, :, -1] -= conv.proj.bias.view(3, 6)[2][None, :, None, None]
     assert torch.allclose(out, expected, atol=1e-5)
+
+
+def space_to_depth(x, p):
+    """(B, C, T, H, W) → (B, C·p², T, H/p, W/p), channel c·p² + a·p + b holding pixel
+    (p·i + a, p·j + b): written out with reshapes, independently of torch's pixel_unshuffle."""
+    b, c, t, h, w = x.shape
+    x = x.reshape(b, c, t, h // p, p, w // p, p)
+    return x.permute(0, 1, 4, 6, 2, 3, 5).reshape(b, c * p * p, t, h // p, w // p)
+
+
+def depth_to_space(x, p):
+    """Inverse of :func:`space_to_depth`."""
+    b, cpp, t, h, w = x.shape
+    c = cpp // (p * p)
+    x = x.reshape(b, c, p, p, t, h, w).permute(0, 1, 4, 5, 2, 6, 3)
+    return x.reshape(b, c, t, h * p, w * p)
+
+
+def test_space_to_depth_reference_is_a_bijection_that_keeps_pixels():
+    x = torch.arange(2 * 3 * 2 * 4 * 6, dtype=torch.float32).reshape(2, 3, 2, 4, 6)
+    folded = space_to_depth(x, 2)
+    assert folded[1, 2 * 4 + 1 * 2 + 0, 1, 1, 2] == x[1, 2, 1, 2 * 1 + 1, 2 * 2 + 0]
+    assert torch.equal(depth_to_space(folded, 2), x)
+
+
+@pytest.mark.parametrize("p", [2, 4])
+def test_patch_size_folds_pixels_into_channels_at_both_ends(p):
+    """A patch-p U-Net on RGB video is exactly the patch-1 U-Net with the same weights on the
+    space-to-depth video (3·p² channels), unfolded back: each output pixel comes from its own
+    slot of its patch, in every frame."""
+    patched = make("unet3d_tiny", num_classes=3, patch_size=p)
+    train_steps(patched, 1, video(h=32, w=32), labels=torch.tensor([0, 1]))
+    plain = type(patched)(
+        in_channels=3 * p * p,
+        out_channels=3 * p * p,
+        num_classes=3,
+        base_channels=16,
+        channel_mult=[1, 2],
+        attention_resolutions=[2],
+        heads=2,
+    )
+    plain.load_state_dict(patched.state_dict())
+    x, t, labels = video(t=3, h=32, w=32, seed=4), torch.tensor([5, 800]), torch.tensor([2, 3])
+    with torch.no_grad():
+        out = patched(x, t, labels)
+        expected = depth_to_space(plain(space_to_depth(x, p), t, labels), p)
+    assert out.shape == x.shape
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_patch_size_errors_name_the_key():
+    from vdm.models import UNet3D
+
+    with pytest.raises(ValueError, match="model.patch_size"):
+        UNet3D(patch_size=0)
+    # patch 2 × one downsampling: H and W must divide by 4
+    with pytest.raises(ValueError, match="patch_size"):
+        make("unet3d_tiny", patch_size=2)(torch.randn(1, 3, 2, 18, 16), torch.tensor([1]))
