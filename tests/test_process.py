@@ -81,6 +81,31 @@ def test_min_snr_weights_equal_the_formula():
         assert torch.equal(uniform.loss_weight(t), torch.ones(5))
 
 
+def test_min_snr_plus_one_weights_equal_the_formula_and_keep_the_noisiest_steps():
+    gamma = 5.0
+    schedule = NoiseSchedule("cosine")
+    t = torch.tensor([0, 300, 600, 900, 999])
+    ab = schedule.alphas_cumprod[t]
+    snr = ab / (1 - ab)
+    assert snr[0] > gamma and snr[-1] < 1e-3  # both ends of the range
+    x0_weight = torch.minimum(snr + 1, torch.tensor(gamma))
+    expected = {"x0": x0_weight, "v": x0_weight / (snr + 1)}
+    for kind, weights in expected.items():
+        diffusion = GaussianDiffusion(schedule, kind, "min_snr_plus_one", min_snr_gamma=gamma)
+        assert torch.allclose(diffusion.loss_weight(t).double(), weights, rtol=1e-6)
+    v = GaussianDiffusion(schedule, "v", "min_snr_plus_one").loss_weight(t)
+    v_min_snr = GaussianDiffusion(schedule, "v", "min_snr").loss_weight(t)
+    assert v[-1].item() == pytest.approx(1.0) and v_min_snr[-1] < 1e-3  # the noisiest step
+    assert v[0].item() == pytest.approx(v_min_snr[0].item())  # the same at low noise (SNR ≥ γ)
+    zero_snr = GaussianDiffusion(NoiseSchedule(zero_terminal_snr=True), "v", "min_snr_plus_one")
+    assert zero_snr.loss_weight(torch.tensor([999])).item() == 1.0
+
+
+def test_min_snr_plus_one_for_eps_is_refused():
+    with pytest.raises(ValueError, match="diffusion.prediction=v"):
+        GaussianDiffusion(NoiseSchedule(), "eps", "min_snr_plus_one")
+
+
 def test_min_snr_weights_the_x0_error_the_same_for_every_target():
     """min(SNR, γ)·|x̂0 - x0|² whatever the denoiser predicts: the point of target-relative
     weights. A denoiser off by δ in x0 is off by a kind-specific amount in its own target."""

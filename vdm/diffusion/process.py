@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from vdm.diffusion.schedule import NoiseSchedule
 
 PREDICTIONS = ("eps", "x0", "v")
-LOSS_WEIGHTINGS = ("uniform", "min_snr")
+LOSS_WEIGHTINGS = ("uniform", "min_snr", "min_snr_plus_one")
 
 
 def broadcast_like(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -46,10 +46,15 @@ class GaussianDiffusion:
         schedule: the noise schedule.
         prediction: what the denoiser outputs: ``eps`` (DDPM), ``x0``, or ``v`` (more stable at
             low SNR; needed with ``zero_terminal_snr``).
-        loss_weighting: ``uniform`` (plain MSE on the target) or ``min_snr`` (Hang et al. 2023:
+        loss_weighting: ``uniform`` (plain MSE on the target), ``min_snr`` (Hang et al. 2023:
             per-step weights equivalent to ``min(SNR, γ)·|x̂0 - x0|²`` for every target, which
-            speeds up convergence by damping the easy low-noise steps).
-        min_snr_gamma: γ of ``min_snr``; 5 is the paper's value.
+            speeds up convergence by damping the easy low-noise steps) or ``min_snr_plus_one``
+            (``min(SNR + 1, γ)·|x̂0 - x0|²``, the v-prediction reading of min-SNR in kohya's
+            sd-scripts: the same as ``min_snr`` at low noise, but the x0 error keeps weight
+            ≥ 1 at the highest noise levels, where ``min_snr`` gives them ~SNR ≈ 0. Those are
+            the steps where a video's layout is decided and frames must agree. v or x0 only:
+            as an eps weight it is unbounded as SNR → 0).
+        min_snr_gamma: γ of ``min_snr`` and ``min_snr_plus_one``; 5 is the paper's value.
         frame_noise_correlation: ρ in ``[0, 1)``, the correlation between the noise of any two
             frames of a video (0 = independent, as in image diffusion). A model must be sampled
             with the ρ it was trained with; it is part of the process, like the schedule.
@@ -77,6 +82,12 @@ class GaussianDiffusion:
             raise ValueError(
                 "eps prediction cannot recover x0 at SNR 0: with schedule.zero_terminal_snr=true "
                 "set diffusion.prediction=v (or x0)."
+            )
+        if loss_weighting == "min_snr_plus_one" and prediction == "eps":
+            raise ValueError(
+                "loss_weighting=min_snr_plus_one weighs the x0 error by at least 1 at every noise "
+                "level, an unbounded eps weight as SNR -> 0: set diffusion.prediction=v (or x0), "
+                "or diffusion.loss_weighting=min_snr."
             )
         if min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}.")
@@ -216,12 +227,17 @@ class GaussianDiffusion:
 
         ``min_snr`` weights are relative to the target, so that every prediction kind weighs
         the x0 error by ``min(SNR, γ)``: eps ``min(SNR, γ)/SNR``, x0 ``min(SNR, γ)``,
-        v ``min(SNR, γ)/(SNR + 1)``.
+        v ``min(SNR, γ)/(SNR + 1)``. ``min_snr_plus_one`` weighs it by ``min(SNR + 1, γ)``:
+        x0 ``min(SNR + 1, γ)``, v ``min(1, γ/(SNR + 1))``.
         """
         if self.loss_weighting == "uniform":
             return torch.ones(t.shape, device=t.device)
         snr = self._table("snr", t)
         gamma = self.min_snr_gamma
+        if self.loss_weighting == "min_snr_plus_one":
+            # x0 weight min(SNR + 1, γ): v weight min(1, γ/(SNR + 1)), x0 weight itself.
+            x0_weight = (snr + 1).clamp(max=gamma)
+            return (x0_weight if self.prediction == "x0" else x0_weight / (snr + 1)).float()
         if self.prediction == "eps":
             # min(SNR, γ)/SNR written as min(1, γ/SNR): finite (=1) at SNR = 0.
             weight = (gamma / snr).clamp(max=1.0)
