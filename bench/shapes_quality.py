@@ -15,6 +15,9 @@ clips: the two ends of the scale. The README's tables in "Training" come from th
   real clips score 1.
 - *colour stability*: one minus the total-variation distance between the palette-colour
   histograms of the foreground of neighbouring frames. Real clips score about 0.99.
+- *empty frames*: the share of frames without an object (no blob of ``MIN_BLOB`` px). Real
+  clips have none. Frame match skips pairs whose later frame is empty, so read the two
+  together: a model whose objects vanish can score a high frame match.
 
 Frames are read back at the model's resolution: sample files are upscaled by nearest
 neighbour, so the centre pixel of each upscaled block is the model's pixel.
@@ -97,8 +100,13 @@ def finite_mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def empty_share(labels: np.ndarray) -> float:
+    """Share of the clip's frames without a blob of ``MIN_BLOB`` px or more."""
+    return float(np.mean([not blob_purities(frame[None])[1] for frame in labels]))
+
+
 def score(clips: list[np.ndarray]) -> dict[str, float]:
-    """The four scores over uint8 clips ``(T, H, W, 3)``."""
+    """The five scores over uint8 clips ``(T, H, W, 3)``."""
     labels = [palette_labels(clip) for clip in clips]
     purities, sizes = [], []
     for clip in labels:
@@ -112,6 +120,7 @@ def score(clips: list[np.ndarray]) -> dict[str, float]:
         "one-colour": float((purities >= 0.9).mean()) if sizes else float("nan"),
         "frame match": finite_mean([frame_match(c) for c in labels]),
         "colour stability": finite_mean([colour_stability(c) for c in labels]),
+        "empty frames": float(np.mean([empty_share(c) for c in labels])),
     }
 
 
@@ -169,7 +178,7 @@ def main() -> None:
         ("real clips", score(real)),
         ("real frames, shuffled across clips", score(shuffled(real))),
     ]
-    keys = ["clips", "purity", "one-colour", "frame match", "colour stability"]
+    keys = ["clips", "purity", "one-colour", "frame match", "colour stability", "empty frames"]
     print(header())
     print("| samples | " + " | ".join(keys) + " |")
     print("|---|" + "---:|" * len(keys))

@@ -96,9 +96,11 @@ def test_an_impossible_combination_names_the_fix():
     cfg = compose_train("schedule.zero_terminal_snr=true", "diffusion.prediction=eps")
     with pytest.raises(Exception, match="prediction=v"):
         build_diffusion(cfg)
-    # the default weighting is for v and x0: eps alone names both ways out
+    # min_snr_plus_one is for v and x0: with eps the error names both ways out
     with pytest.raises(Exception, match=r"prediction=v.*loss_weighting=min_snr"):
-        build_diffusion(compose_train("diffusion.prediction=eps"))
+        build_diffusion(
+            compose_train("diffusion.prediction=eps", "diffusion.loss_weighting=min_snr_plus_one")
+        )
     eps = build_diffusion(
         compose_train("diffusion.prediction=eps", "diffusion.loss_weighting=min_snr")
     )

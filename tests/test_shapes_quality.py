@@ -23,7 +23,16 @@ def square_clip(colours, xs, y=10, side=6, size=32):
 def test_a_square_moving_two_pixels_a_frame_scores_one_everywhere():
     s = score([square_clip([RED] * 8, range(0, 16, 2))])
     assert s == {"clips": 1, "purity": 1.0, "one-colour": 1.0, "frame match": 1.0,
-                 "colour stability": 1.0}  # fmt: skip
+                 "colour stability": 1.0, "empty frames": 0.0}  # fmt: skip
+
+
+def test_a_vanishing_object_leaves_empty_frames_that_frame_match_skips():
+    clip = square_clip([RED] * 4, [0, 2, 4, 6])
+    clip[2:] = 0  # gone after two frames
+    s = score([clip])
+    assert s["empty frames"] == 0.5 and s["frame match"] == 1.0
+    clip[3, 20, 20] = RED  # a 1-px speck is not an object
+    assert score([clip])["empty frames"] == 0.5
 
 
 def test_a_colour_change_costs_exactly_one_pair():
@@ -62,7 +71,7 @@ def test_real_clips_are_coherent_and_shuffled_frames_are_not():
     assert all(c.shape == (8, 32, 32, 3) for c in real)
     s, mixed = score(real), score(shuffled(real))
     # not exactly 1: an object that comes out from behind another is new to its frame
-    assert s["frame match"] > 0.99 and s["colour stability"] > 0.95
+    assert s["frame match"] > 0.99 and s["colour stability"] > 0.95 and s["empty frames"] == 0
     assert mixed["frame match"] < 0.3 and mixed["colour stability"] < 0.5
 
 
