@@ -221,8 +221,8 @@ class UNet3D(nn.Module):
             trading about a third more compute for much less memory.
         patch_size: side of the pixel patches folded into channels before the first level
             (space-to-depth) and unfolded after the last. 2 runs every level at half the
-            resolution: about 1.5× faster at 32², and small objects stay sharp because each
-            output position predicts its 2×2 pixels. 1 = none (Ho et al.'s U-Net).
+            resolution (about 1.5× faster at 32²); ``attention_resolutions`` then count from
+            the folded resolution. 1 = none (Ho et al.'s U-Net).
     """
 
     def __init__(
