@@ -149,6 +149,8 @@ def shuffled(clips: list[np.ndarray], seed: int = 0) -> list[np.ndarray]:
 
 
 def sample_folders(paths: list[str]) -> list[Path]:
+    """The sample folders under each path (a run, its ``samples`` or one step's folder); with
+    no paths, those of the newest run. A given path without sample clips is an error."""
     if not paths:
         runs = sorted(
             (REPO / "outputs" / "runs").glob("*/samples"), key=lambda p: p.stat().st_mtime
@@ -159,6 +161,11 @@ def sample_folders(paths: list[str]) -> list[Path]:
         folders += sorted(path.glob("step_*")) if path.name == "samples" else []
         folders += sorted((path / "samples").glob("step_*")) if (path / "samples").is_dir() else []
         folders += [path] if any(path.glob("sample_*.mp4")) else []
+        if not folders or not folders[-1].is_relative_to(path):
+            raise SystemExit(
+                f"shapes_quality: no sample clips under {path}: pass a run directory, its "
+                "samples/ folder or a samples/step_XXXXXX folder"
+            )
     return folders
 
 

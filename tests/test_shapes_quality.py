@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from shapes_quality import palette_labels, read_samples, real_clips, score, shuffled
+from shapes_quality import (
+    palette_labels,
+    read_samples,
+    real_clips,
+    sample_folders,
+    score,
+    shuffled,
+)
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
@@ -86,3 +93,17 @@ def test_upscaled_sample_files_are_read_back_at_the_model_resolution(tmp_path):
     assert len(back) == 4 and back[0].shape == (8, 32, 32, 3)
     assert np.array_equal(palette_labels(np.stack(back)), palette_labels(np.stack(clips)))
     assert score(back) == score(clips)
+
+
+def test_sample_folders_are_found_from_a_run_and_a_path_without_clips_is_an_error(tmp_path):
+    from vdm.video_io import write_clips
+
+    run = tmp_path / "run"
+    for step in ("step_000800", "step_001600"):
+        write_clips(run / "samples" / step, np.stack(real_clips(1, 32, 8)), fps=8, upscale=4)
+    expected = [run / "samples" / "step_000800", run / "samples" / "step_001600"]
+    assert sample_folders([str(run)]) == expected
+    assert sample_folders([str(run / "samples")]) == expected
+    assert sample_folders([str(expected[1])]) == expected[1:]
+    with pytest.raises(SystemExit, match="no sample clips under"):
+        sample_folders([str(run), str(tmp_path / "missing")])
