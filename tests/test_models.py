@@ -246,15 +246,7 @@ def test_patch_size_folds_pixels_into_channels_at_both_ends(p):
     slot of its patch, in every frame."""
     patched = make("unet3d_tiny", num_classes=3, patch_size=p)
     train_steps(patched, 1, video(h=32, w=32), labels=torch.tensor([0, 1]))
-    plain = type(patched)(
-        in_channels=3 * p * p,
-        out_channels=3 * p * p,
-        num_classes=3,
-        base_channels=16,
-        channel_mult=[1, 2],
-        attention_resolutions=[2],
-        heads=2,
-    )
+    plain = make("unet3d_tiny", num_classes=3, in_channels=3 * p * p, out_channels=3 * p * p)
     plain.load_state_dict(patched.state_dict())
     x, t, labels = video(t=3, h=32, w=32, seed=4), torch.tensor([5, 800]), torch.tensor([2, 3])
     with torch.no_grad():
