@@ -158,14 +158,15 @@ def sample_folders(paths: list[str]) -> list[Path]:
         paths = [str(runs[-1])] if runs else []
     folders = []
     for path in map(Path, paths):
-        folders += sorted(path.glob("step_*")) if path.name == "samples" else []
-        folders += sorted((path / "samples").glob("step_*")) if (path / "samples").is_dir() else []
-        folders += [path] if any(path.glob("sample_*.mp4")) else []
-        if not folders or not folders[-1].is_relative_to(path):
+        found = sorted(path.glob("step_*")) if path.name == "samples" else []
+        found += sorted((path / "samples").glob("step_*")) if (path / "samples").is_dir() else []
+        found += [path] if any(path.glob("sample_*.mp4")) else []
+        if not found:
             raise SystemExit(
                 f"shapes_quality: no sample clips under {path}: pass a run directory, its "
                 "samples/ folder or a samples/step_XXXXXX folder"
             )
+        folders += found
     return folders
 
 

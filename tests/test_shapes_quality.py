@@ -107,3 +107,6 @@ def test_sample_folders_are_found_from_a_run_and_a_path_without_clips_is_an_erro
     assert sample_folders([str(expected[1])]) == expected[1:]
     with pytest.raises(SystemExit, match="no sample clips under"):
         sample_folders([str(run), str(tmp_path / "missing")])
+    # a path is an error on its own, even when an earlier path found clips inside it
+    with pytest.raises(SystemExit, match=f"no sample clips under {tmp_path}:"):
+        sample_folders([str(expected[0]), str(tmp_path)])
