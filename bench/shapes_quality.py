@@ -5,7 +5,7 @@
 Each DIR is a folder of sample clips (``<run dir>/samples/step_XXXXXX``) or a run directory
 (all its sample folders). Without DIR it scores the newest run under ``outputs/runs``. Next to
 the samples it scores real clips of the shapes set and the same real frames shuffled across
-clips: the two ends of the scale. The README's tables in "Training" come from this script.
+clips: the two ends of the scale. The tables in docs/experiments.md come from this script.
 
 - *purity*: each foreground blob's share of pixels with its majority palette colour, averaged
   over blobs by size. Overlapping objects make one blob, so real clips score below 1 (~0.85).

@@ -52,7 +52,7 @@ class GaussianDiffusion:
             (``min(SNR + 1, γ)·|x̂0 - x0|²``, the v-prediction reading of min-SNR in kohya's
             sd-scripts: the same as ``min_snr`` at low noise, but the x0 error keeps weight
             ≥ 1 at the highest noise levels, where ``min_snr`` gives them ~SNR ≈ 0. Those are
-            the steps where a video's layout is decided; README "Training" has what it does
+            the steps where a video's layout is decided; docs/experiments.md has what it does
             to the shapes run. v or x0 only: as an eps weight it is unbounded as SNR → 0).
         min_snr_gamma: γ of ``min_snr`` and ``min_snr_plus_one``; 5 is the paper's value.
         frame_noise_correlation: ρ in ``[0, 1)``, the correlation between the noise of any two
