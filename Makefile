@@ -1,12 +1,20 @@
 # vdm — `make help` lists the targets. Every target installs what it needs first.
 
-TORCH_VERSION ?= 2.13.0
+# torch goes in first, pinned. The version does not pick a CPU or a CUDA build; the index does:
+# PyPI's Linux x86_64 wheels are CUDA builds, and TORCH_INDEX_URL names another wheel index, e.g.
+# https://download.pytorch.org/whl/cu128 (CUDA 12.8) or https://download.pytorch.org/whl/cpu.
+# TORCH_VERSION=keep installs no torch: it keeps the one already in $(VENV) (your own build),
+# and later make calls on that .venv remember it.
 PYTHON ?= python3
 VENV ?= .venv
+TORCH_VERSION ?= $(if $(wildcard $(VENV)/.installed-keep),keep,2.13.0)
+TORCH_INDEX_URL ?=
+# A torch of the same version from another index counts as installed to pip: force the swap.
+TORCH_FROM_INDEX = $(if $(TORCH_INDEX_URL),--force-reinstall --index-url $(TORCH_INDEX_URL))
 BIN := $(VENV)/bin
 ARGS ?=
 # Stamp files make `make install` idempotent: pip runs again only when pyproject.toml changes.
-INSTALLED := $(VENV)/.installed-$(TORCH_VERSION)
+INSTALLED := $(VENV)/.installed-$(TORCH_VERSION)$(if $(TORCH_INDEX_URL),-$(notdir $(TORCH_INDEX_URL)))
 BENCH_INSTALLED := $(VENV)/.installed-bench
 
 .DEFAULT_GOAL := help
@@ -20,14 +28,22 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # torch goes first and pinned: an unpinned torch pulled in by another package could resolve to
-# a multi-GB CUDA build on a CPU-only machine.
+# a multi-GB CUDA build on a CPU-only machine. With TORCH_VERSION=keep, vdm's `torch>=2.4` is met
+# by the torch already there, so pip leaves it alone.
 $(INSTALLED): pyproject.toml | $(BIN)/python
+ifeq ($(TORCH_VERSION),keep)
+	@$(BIN)/python -c "import torch" 2>/dev/null || { echo "make: TORCH_VERSION=keep, but \
+	$(VENV) has no torch: install yours first, e.g. $(BIN)/python -m pip install torch \
+	--index-url https://download.pytorch.org/whl/cu128"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
+else
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(TORCH_FROM_INDEX)
+endif
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-install: $(INSTALLED) ## Create .venv and install torch==$(TORCH_VERSION), then vdm[dev]
+install: $(INSTALLED) ## Create .venv, install torch==$(TORCH_VERSION) (TORCH_INDEX_URL, keep), then vdm[dev]
 
 train: install ## Train (default: moving shapes on CPU); pass Hydra overrides with ARGS="..."
 	$(BIN)/python train.py $(ARGS)
