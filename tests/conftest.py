@@ -72,7 +72,7 @@ def compose_run(tmp_path: Path, *overrides: str, fast: bool = True):
     return cfg
 
 
-def train_tiny(run_dir: Path, num_classes: int) -> Path:
+def train_tiny(run_dir: Path, num_classes: int, *overrides: str) -> Path:
     """Train the debug=fast model for 2 steps (EMA from the first step); return its last.ckpt."""
     from vdm.train import run
 
@@ -86,6 +86,7 @@ def train_tiny(run_dir: Path, num_classes: int) -> Path:
                 "trainer.val_check_interval=2",
                 "callbacks.ema.update_starting_at_step=0",
                 "~logger",
+                *overrides,
             )
         )
     return run_dir / "checkpoints" / "last.ckpt"
@@ -101,6 +102,12 @@ def conditional_ckpt(tmp_path_factory) -> Path:
 def unconditional_ckpt(tmp_path_factory) -> Path:
     """An unconditional checkpoint of the tiny U-Net (32², 8 frames), trained for 2 steps."""
     return train_tiny(tmp_path_factory.mktemp("trained") / "unconditional", num_classes=0)
+
+
+@pytest.fixture(scope="session")
+def context_ckpt(tmp_path_factory) -> Path:
+    """A 3-class checkpoint of the tiny U-Net trained with frame masks (context=mixed)."""
+    return train_tiny(tmp_path_factory.mktemp("trained") / "context", 3, "context=mixed")
 
 
 def compose_config(name: str, *overrides: str):

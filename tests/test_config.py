@@ -171,3 +171,32 @@ def test_every_transformer_key_reaches_the_model():
     assert block.spatial_attn.heads == 8 and block.mlp.fc1.out_features == 128
     assert block.mlp.dropout.p == 0.2 and isinstance(block.temporal_attn.k_norm, RMSNorm)
     assert model.gradient_checkpointing
+
+
+def test_every_context_key_reaches_the_masks_and_the_model():
+    from vdm.train import build_context_masks, build_model
+
+    assert build_context_masks(compose_train()) is None  # context=none: as before masks
+    assert build_model(compose_train("model=unet3d_tiny")).frame_conditioning is False
+    cfg = compose_train(
+        "context=mixed",
+        "model=transformer_tiny",
+        "context.masks.none=1",
+        "context.masks.prefix=2",
+        "context.masks.interpolate=3",
+        "context.masks.random=4",
+        "context.masks.noise_aug_prob=0.5",
+        "context.masks.noise_aug_max=0.05",
+    )
+    masks = build_context_masks(cfg)
+    assert masks.shares.tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert (masks.noise_aug_prob, masks.noise_aug_max) == (0.5, 0.05)
+    assert build_model(cfg).frame_conditioning is True
+
+
+def test_masks_on_a_model_without_frame_conditioning_name_the_key():
+    from vdm.train import build_module
+
+    cfg = compose_train("context=mixed", "model=unet3d_tiny", "model.frame_conditioning=false")
+    with pytest.raises(ValueError, match="model.frame_conditioning=true"):
+        build_module(cfg)

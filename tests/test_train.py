@@ -71,16 +71,20 @@ def test_a_short_run_writes_checkpoints_samples_and_metrics(tmp_path, overrides)
     assert any(k.startswith("denoiser.") for k in ckpt["state_dict"])
 
 
-def test_resumed_run_ends_exactly_where_the_uninterrupted_one_does(tmp_path):
+@pytest.mark.parametrize("context", ["none", "mixed"])
+def test_resumed_run_ends_exactly_where_the_uninterrupted_one_does(tmp_path, context):
     """Interrupt at step 3, mid-epoch (8 batches per epoch), with EMA updating from step 1.
 
     The interrupted run keeps the full run's LR schedule (total_steps=6), as a run killed at
-    step 3 would have; a shorter max_steps alone would also shorten the cosine decay.
+    step 3 would have; a shorter max_steps alone would also shorten the cosine decay. With
+    context=mixed each step's given frames (and their noise) are drawn from the step's seed too.
     """
     common = [
         "callbacks.ema.update_starting_at_step=1",
         "trainer.val_check_interval=3",
         "lr_scheduler.total_steps=6",
+        f"context={context}",
+        "context.masks.noise_aug_prob=0.5" if context == "mixed" else "seed=42",
     ]
     run(compose_run(tmp_path / "full", *common, "trainer.max_steps=6"))
     run(compose_run(tmp_path / "first", *common, "trainer.max_steps=3"))

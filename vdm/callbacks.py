@@ -10,7 +10,9 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
+from vdm.diffusion.context import task_mask
 from vdm.diffusion.samplers import Sampler
+from vdm.generation import side_by_side
 from vdm.video_io import to_uint8, write_clips
 
 log = logging.getLogger(__name__)
@@ -23,7 +25,9 @@ class SampleVideos(Callback):
     ``EMAWeightAveraging`` is on: ``vdm.train`` orders weight averaging after this callback).
     Writes ``<dirpath>/step_XXXXXX/sample_XXXX.mp4`` and ``grid.gif``, and logs the grid and the
     clips to every ``WandbLogger`` (as file paths, so moviepy is not needed). A class-conditional
-    model gets one grid row per class.
+    model gets one grid row per class. A frame-conditioned model (``context=mixed``) also gets a
+    prediction grid, ``<dirpath>/step_XXXXXX/predict/``: the first frames of fixed validation
+    clips given, each clip shown as given | generated | real.
 
     Args:
         sampler: the sampler to use (a DDIM-50 or DPM-Solver++-20 keeps this fast).
@@ -36,6 +40,8 @@ class SampleVideos(Callback):
         upscale: nearest-neighbour upscaling of the written frames (32-px clips are tiny).
         seed: seed of the initial noise: the same noise at every validation, so the grids
             show the model improving rather than new noise.
+        prediction_frames: frames given in the prediction grid; None = half the clip, 0 = no
+            prediction grid (it is only made for frame-conditioned models).
     """
 
     def __init__(
@@ -48,11 +54,15 @@ class SampleVideos(Callback):
         fps: float = 8.0,
         upscale: int = 4,
         seed: int = 0,
+        prediction_frames: int | None = None,
     ) -> None:
         self.sampler, self.dirpath = sampler, Path(dirpath)
         self.num_samples, self.guidance_scale = num_samples, guidance_scale
         self.num_frames, self.fps, self.upscale, self.seed = num_frames, fps, upscale, seed
+        self.prediction_frames = prediction_frames
         self._clip_shape: tuple[int, ...] | None = None
+        self._real: dict | None = None  # fixed validation clips for the prediction grid
+        self._real_complete = False
 
     def on_validation_batch_start(
         self,
@@ -64,10 +74,20 @@ class SampleVideos(Callback):
     ) -> None:
         if self._clip_shape is None:
             self._clip_shape = tuple(batch["video"].shape[1:])  # (C, T, H, W)
+        if not self._real_complete:  # the first validation's clips, kept: the order is fixed
+            wanted = self.num_samples * max(1, getattr(pl_module, "num_classes", 0))
+            have = 0 if self._real is None else len(self._real["video"])
+            part = {k: v[: wanted - have].detach().cpu() for k, v in batch.items()}
+            if self._real is None:
+                self._real = part
+            else:
+                self._real = {k: torch.cat([self._real[k], part[k]]) for k in self._real}
+            self._real_complete = len(self._real["video"]) >= wanted
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or self._clip_shape is None or not trainer.is_global_zero:
             return
+        self._real_complete = True  # later validations predict the same clips
         step = trainer.global_step
         videos, labels = self.sample(pl_module)
         out_dir = self.dirpath / f"step_{step:06d}"
@@ -81,6 +101,14 @@ class SampleVideos(Callback):
                     {"caption": [f"class {int(c)}" for c in labels]} if labels is not None else {}
                 )
                 logger.log_video("samples/clips", [str(p) for p in paths], step=step, **extra)
+        predictions = self.predict(pl_module)
+        if predictions is not None:
+            write_clips(out_dir / "predict", predictions, self.fps, self.upscale)
+            log.info("Wrote %d prediction videos to %s", len(predictions), out_dir / "predict")
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    grid = str(out_dir / "predict" / "grid.gif")
+                    logger.log_video("samples/predict", [grid], step=step)
 
     @torch.no_grad()
     def sample(self, pl_module: LightningModule) -> tuple[np.ndarray, torch.Tensor | None]:
@@ -100,6 +128,30 @@ class SampleVideos(Callback):
             self.sampler, (n, c, t, h, w), labels=labels, guidance_scale=scale, generator=generator
         )
         return to_uint8(videos), labels
+
+    @torch.no_grad()
+    def predict(self, pl_module: LightningModule) -> np.ndarray | None:
+        """uint8 given | generated | real clips ``(N, T, H, 3·W + 2, 3)`` continuing the first
+        frames of fixed validation clips; None when the model takes no given frames."""
+        if not getattr(pl_module, "frame_conditioning", False) or self._real is None:
+            return None
+        if self.prediction_frames == 0:
+            return None
+        real = self._real["video"].to(pl_module.device)
+        frames = real.shape[2]
+        mask = task_mask("predict", frames, self.prediction_frames or max(1, frames // 2))
+        mask = mask.to(pl_module.device).expand(len(real), -1)
+        given = real * mask[:, None, :, None, None]
+        labels = None
+        if pl_module.num_classes and "label" in self._real:
+            labels = self._real["label"].to(pl_module.device)
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        scale = self.guidance_scale if labels is not None else 1.0
+        videos = pl_module.generate(
+            self.sampler, tuple(real.shape), labels=labels, guidance_scale=scale,
+            generator=generator, context=(given, mask),
+        )  # fmt: skip
+        return side_by_side(*(to_uint8(v) for v in (given, videos, real)))
 
 
 class ValidateAtEnd(Callback):

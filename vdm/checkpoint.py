@@ -9,6 +9,8 @@ import torch
 
 # Keys of the model config that may change between runs without changing the weights.
 RUNTIME_MODEL_KEYS = ("gradient_checkpointing", "dropout")
+# Model keys added after checkpoints were first written, with the value an older one means.
+ADDED_MODEL_KEYS = {"frame_conditioning": False}
 
 
 def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
@@ -40,4 +42,5 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
 def model_config_mismatch(stored: dict, current: dict) -> list[str]:
     """Model config keys whose values differ (weights-relevant keys only)."""
     keys = (set(stored) | set(current)) - set(RUNTIME_MODEL_KEYS)
+    stored, current = {**ADDED_MODEL_KEYS, **stored}, {**ADDED_MODEL_KEYS, **current}
     return sorted(k for k in keys if stored.get(k) != current.get(k))

@@ -127,22 +127,28 @@ class FrechetVideoDistance(Metric):
         return frechet_distance(*self._gaussian("real"), *self._gaussian("fake")).float()
 
 
-def frame_psnr_ssim(prediction: Tensor, target: Tensor) -> dict[str, Tensor]:
-    """Mean per-frame PSNR (dB) and SSIM of ``(B, C, T, H, W)`` clips in [-1, 1], for video
-    prediction where the ground-truth frames exist (torchmetrics, data range 1 after mapping
-    to [0, 1])."""
+def clip_psnr_ssim(prediction: Tensor, target: Tensor) -> dict[str, Tensor]:
+    """Per-clip PSNR (dB) and SSIM of ``(B, C, T, H, W)`` clips in [-1, 1]: each the mean over
+    the clip's frames of the per-frame value (torchmetrics, data range 1 after mapping to
+    [0, 1]). Returns ``{"psnr": (B,), "ssim": (B,)}``."""
     if prediction.shape != target.shape:
         raise ValueError(
             f"PSNR/SSIM compare clips of one shape; got {tuple(prediction.shape)} and "
             f"{tuple(target.shape)}."
         )
+    b, t = prediction.shape[0], prediction.shape[2]
 
     def frames(x: Tensor) -> Tensor:  # (B, C, T, H, W) in [-1, 1] → (B·T, C, H, W) in [0, 1]
         return ((x.float() + 1) / 2).transpose(1, 2).flatten(0, 1)
 
     pred, true = frames(prediction), frames(target)
-    psnr = peak_signal_noise_ratio(
-        pred, true, data_range=1.0, reduction="none", dim=(1, 2, 3)
-    ).mean()
-    ssim = structural_similarity_index_measure(pred, true, data_range=1.0)
-    return {"psnr": psnr, "ssim": ssim}
+    psnr = peak_signal_noise_ratio(pred, true, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    ssim = structural_similarity_index_measure(pred, true, data_range=1.0, reduction="none")
+    return {"psnr": psnr.view(b, t).mean(1), "ssim": ssim.view(b, t).mean(1)}
+
+
+def frame_psnr_ssim(prediction: Tensor, target: Tensor) -> dict[str, Tensor]:
+    """Mean per-frame PSNR (dB) and SSIM of ``(B, C, T, H, W)`` clips in [-1, 1], for video
+    prediction where the ground-truth frames exist (torchmetrics, data range 1 after mapping
+    to [0, 1])."""
+    return {name: values.mean() for name, values in clip_psnr_ssim(prediction, target).items()}

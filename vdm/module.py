@@ -10,6 +10,7 @@ import torch
 from lightning import LightningModule
 from torch import nn
 
+from vdm.diffusion.context import ContextMasks
 from vdm.diffusion.process import GaussianDiffusion
 from vdm.diffusion.samplers import Sampler, guided
 
@@ -23,7 +24,9 @@ class VideoDiffusionModule(LightningModule):
     range, from least to most noisy) and ``val/loss``, computed with noise and timesteps fixed
     per validation batch so values compare across steps and runs. For class-conditional
     denoisers, labels are replaced by the null label with probability ``label_dropout``, which
-    trains the unconditional model that classifier-free guidance needs.
+    trains the unconditional model that classifier-free guidance needs. With ``context_masks``
+    each clip also gets given frames (prediction, interpolation, ...): they enter clean and only
+    the other frames count in the loss.
 
     Randomness of a training step (timesteps, noise, label dropout) comes from
     ``(seed, global_step, rank)``, so a resumed run continues exactly as the uninterrupted one.
@@ -41,6 +44,7 @@ class VideoDiffusionModule(LightningModule):
         optimizer: builds the optimizer from the parameters (a Hydra partial).
         lr_scheduler: builds a per-step learning-rate scheduler from the optimizer, or None.
         label_dropout: probability of training a sample unconditionally (conditional models).
+        context_masks: draws each training clip's given frames; None = every frame generated.
         seed: seed of the per-step randomness.
         config: the resolved, plain run configuration to store in checkpoints (so that
             ``python -m vdm.sample`` can rebuild the model); primitives only, never modules.
@@ -55,6 +59,7 @@ class VideoDiffusionModule(LightningModule):
         label_dropout: float = 0.1,
         seed: int = 0,
         config: dict | None = None,
+        context_masks: ContextMasks | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(config or {}, logger=False)
@@ -64,15 +69,30 @@ class VideoDiffusionModule(LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.label_dropout = label_dropout
         self.seed = seed
+        self.context_masks = context_masks
+        if context_masks is not None and not getattr(denoiser, "frame_conditioning", False):
+            raise ValueError(
+                "context masks need a denoiser built with frame conditioning: set "
+                "model.frame_conditioning=true (context=mixed does)."
+            )
 
     @property
     def num_classes(self) -> int:
         return getattr(self.denoiser, "num_classes", 0)
 
+    @property
+    def frame_conditioning(self) -> bool:
+        """Whether the denoiser takes given frames (trained with context masks)."""
+        return getattr(self.denoiser, "frame_conditioning", False)
+
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.denoiser(x, t, labels)
+        return self.denoiser(x, t, labels, context=context)
 
     def _generator(self, *key: int) -> torch.Generator:
         """A generator on this device seeded from ``(seed, *key)``."""
@@ -100,8 +120,14 @@ class VideoDiffusionModule(LightningModule):
             labels = labels.masked_fill(drop, self.num_classes)
         t = self.diffusion.sample_timesteps(b, self.device, generator)
         noise = self.diffusion.noise(video.shape, generator, self.device)
+        context = {}
+        if self.context_masks is not None:  # drawn after t and ε: context=none draws as before
+            masks = self.context_masks
+            context["context"] = masks.sample(b, video.shape[2], generator, self.device)
+            steps = masks.augmentation_steps(b, self.diffusion.num_steps, generator, self.device)
+            context["context_t"] = steps
         return self.diffusion.training_loss(
-            self.denoiser, video, t=t, noise=noise.to(video.dtype), labels=labels
+            self.denoiser, video, t=t, noise=noise.to(video.dtype), labels=labels, **context
         )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -143,6 +169,7 @@ class VideoDiffusionModule(LightningModule):
         generator: torch.Generator | None = None,
         progress: bool = False,
         x_T: torch.Tensor | None = None,
+        context: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Sample videos ``shape = (N, C, T, H, W)`` in [-1, 1] with the current weights.
 
@@ -154,7 +181,14 @@ class VideoDiffusionModule(LightningModule):
             generator: RNG of the initial noise (on this module's device).
             progress: show a progress bar over steps.
             x_T: the initial noise ``shape``; drawn from ``generator`` when None.
+            context: ``(video, mask)``: given frames (``video`` of ``shape``, bool ``mask``
+                ``(N, T)``), returned unchanged; needs a frame-conditioned denoiser.
         """
+        if context is not None and context[1].any() and not self.frame_conditioning:
+            raise ValueError(
+                "This checkpoint was trained without frame masks (context=none), so it cannot "
+                "be given frames: train with context=mixed, or sample with task=generate."
+            )
         if guidance_scale != 1 and self.num_classes == 0:
             raise ValueError(
                 f"guidance_scale={guidance_scale} needs a class-conditional model; this one is "
@@ -167,8 +201,10 @@ class VideoDiffusionModule(LightningModule):
                 model_fn = guided(self.denoiser, labels, guidance_scale, self.num_classes)
             else:
 
-                def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                    return self.denoiser(x, t, labels)
+                def model_fn(
+                    x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None
+                ) -> torch.Tensor:
+                    return self.denoiser(x, t, labels, context=context)
 
             return sampler.sample(
                 self.diffusion,
@@ -178,6 +214,7 @@ class VideoDiffusionModule(LightningModule):
                 x_T=x_T,
                 progress=progress,
                 device=self.device,
+                context=context,
             )
         finally:
             self.denoiser.train(was_training)

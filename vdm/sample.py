@@ -7,7 +7,6 @@ the clip size are rebuilt from it: no model flags to repeat. Checkpoints of runs
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -21,14 +20,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vdm.checkpoint import load_checkpoint
+from vdm.data.dataset import read_video_start
+from vdm.diffusion.context import TASKS
 from vdm.diffusion.samplers import Sampler
+from vdm.generation import sample_long_videos, sample_videos, side_by_side, window_context
 from vdm.module import VideoDiffusionModule
 from vdm.train import build_diffusion, build_model, user_errors_in_one_line
 from vdm.video_io import to_uint8, write_clips, write_npz
 
 log = logging.getLogger(__name__)
 
-AUTOCAST_DTYPES = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 # Written clips are upscaled (nearest neighbour) to at least this many pixels: 32-px clips are
 # too small to watch. The npz keeps the model's resolution.
 MIN_VIEW_SIZE = 128
@@ -85,12 +86,6 @@ def class_labels(labels: list[int] | None, num_samples: int, num_classes: int) -
     return [labels[i % len(labels)] for i in range(num_samples)]
 
 
-def _seed(*key: int) -> int:
-    """A 63-bit seed from integers (independent streams for independent keys)."""
-    state = np.random.SeedSequence(list(key)).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 32 | int(state[1])) & (2**63 - 1)
-
-
 def sample_clips(
     module: VideoDiffusionModule,
     sampler: Sampler,
@@ -103,73 +98,52 @@ def sample_clips(
     precision: str = "32-true",
     progress: bool = False,
 ) -> np.ndarray:
-    """``num_samples`` clips of ``clip_shape = (C, T, H, W)`` as uint8 ``(N, T, H, W, C)``.
-
-    Clip ``i`` starts from noise seeded by ``(seed, i)`` alone, so deterministic samplers give
-    the same clip for any ``num_samples`` and ``batch_size``; the noise stochastic samplers add
-    along the way is seeded per batch.
-    """
-    if precision not in AUTOCAST_DTYPES:
-        raise ValueError(f"precision={precision}: use one of {', '.join(AUTOCAST_DTYPES)}.")
-    if batch_size < 1 or num_samples < 1:
-        raise ValueError(f"num_samples={num_samples}, batch_size={batch_size}: both must be ≥ 1.")
-    device = module.device
-    dtype = AUTOCAST_DTYPES[precision]
-    clips = []
-    for start in range(0, num_samples, batch_size):
-        stop = min(start + batch_size, num_samples)
-        x_T = torch.stack(
-            [
-                module.diffusion.noise(
-                    (1, *clip_shape), torch.Generator().manual_seed(_seed(seed, 0, i))
-                )[0]
-                for i in range(start, stop)
-            ]
-        ).to(device)
-        y = None if labels is None else torch.tensor(labels[start:stop], device=device)
-        generator = torch.Generator(device=device).manual_seed(_seed(seed, 1, start))
-        autocast = torch.autocast(device.type, dtype) if dtype else contextlib.nullcontext()
-        with autocast:
-            videos = module.generate(
-                sampler,
-                tuple(x_T.shape),
-                labels=y,
-                guidance_scale=guidance_scale,
-                generator=generator,
-                progress=progress,
-                x_T=x_T,
-            )
-        clips.append(to_uint8(videos.float()))
-    return np.concatenate(clips)
+    """``num_samples`` generated clips as uint8 ``(N, T, H, W, C)``
+    (:func:`vdm.generation.sample_videos`)."""
+    videos = sample_videos(
+        module, sampler, clip_shape, labels, num_samples, batch_size, guidance_scale, seed,
+        precision, progress,
+    )  # fmt: skip
+    return to_uint8(videos)
 
 
 def sample_as_configured(
-    cfg: DictConfig, loaded: LoadedRun, sampler: Sampler, labels: list[int] | None
+    cfg: DictConfig,
+    loaded: LoadedRun,
+    sampler: Sampler,
+    labels: list[int] | None,
+    context: tuple[torch.Tensor, torch.Tensor] | None = None,
+    num_samples: int | None = None,
 ) -> tuple[np.ndarray, float]:
     """Sample with the keys that conf/sample.yaml and conf/evaluate.yaml share (num_samples,
-    batch_size, guidance_scale, seed, frames, precision); return the clips and the guidance."""
+    batch_size, guidance_scale, seed, frames, precision); return the clips and the guidance.
+
+    ``context = (video, mask)`` gives frames to every clip (``(N, C, T, H, W)``, ``(N, T)``)."""
     module, run_cfg = loaded.module, loaded.config
     guidance = guidance_for(cfg.guidance_scale, run_cfg, module.num_classes)
     size = run_cfg.data.size
-    clip_shape = (run_cfg.model.in_channels, cfg.frames or run_cfg.data.clip_len, size, size)
+    frames = context[1].shape[1] if context is not None else cfg.frames or run_cfg.data.clip_len
+    clip_shape = (run_cfg.model.in_channels, frames, size, size)
+    num_samples = num_samples or cfg.num_samples
     log.info(
         "Sampling %d clips of %s (C, T, H, W) with %s, guidance %g, %s weights",
-        cfg.num_samples, clip_shape, sampler_name(sampler, module.diffusion.num_steps), guidance,
+        num_samples, clip_shape, sampler_name(sampler, module.diffusion.num_steps), guidance,
         loaded.weights,
     )  # fmt: skip
-    videos = sample_clips(
+    videos = sample_videos(
         module,
         sampler,
         clip_shape,
         labels,
-        cfg.num_samples,
+        num_samples,
         cfg.batch_size,
         guidance_scale=guidance,
         seed=cfg.seed,
         precision=cfg.precision,
         progress=True,
+        context=context,
     )
-    return videos, guidance
+    return to_uint8(videos), guidance
 
 
 def guidance_for(scale: float | None, run_cfg: DictConfig, num_classes: int) -> float:
@@ -201,6 +175,71 @@ def run_dir_of(ckpt_path: Path) -> Path:
     return parent.parent if parent.name == "checkpoints" else parent
 
 
+def read_context_clip(path: str, run_cfg: DictConfig, max_frames: int) -> torch.Tensor:
+    """The first ``max_frames`` frames of ``path`` as the model saw its data: float
+    ``(C, T, H, W)`` in [-1, 1] at the run's size and frame stride."""
+    frames = read_video_start(
+        Path(path).expanduser(), run_cfg.data.size, run_cfg.data.get("frame_stride", 1), max_frames
+    )
+    return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1
+
+
+def check_task(cfg: DictConfig, module: VideoDiffusionModule) -> str:
+    """The task of ``cfg``, after the checks that need no sampling."""
+    task = cfg.get("task") or "generate"
+    if task not in TASKS:
+        raise ValueError(f"Unknown task={task}: use one of {', '.join(TASKS)}.")
+    if task != "generate" and not module.frame_conditioning:
+        raise ValueError(
+            f"task={task} needs a checkpoint trained with frame masks (python train.py "
+            f"context=mixed); ckpt_path={cfg.ckpt_path} was trained with context=none."
+        )
+    if task in ("predict", "interpolate") and not cfg.context.video:
+        raise ValueError(f"task={task} needs context.video=PATH, the video whose frames are given.")
+    if task == "extend" and not cfg.frames:
+        raise ValueError("task=extend needs frames=N, the length of the videos to sample.")
+    return task
+
+
+def sample_task(
+    cfg: DictConfig, task: str, loaded: LoadedRun, sampler: Sampler, labels: list[int] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sample ``task`` (predict, interpolate or extend) as ``cfg`` says.
+
+    Returns:
+        ``(videos, shown, mask)``: the sampled clips uint8 ``(N, T, H, W, 3)``, what the mp4s
+        show (given | generated | real side by side for predict and interpolate), and the
+        context mask ``(T,)``.
+    """
+    run_cfg, given = loaded.config, cfg.context.frames
+    if task == "extend":
+        window = cfg.extend.window or run_cfg.data.clip_len
+        clip = read_context_clip(cfg.context.video, run_cfg, given) if cfg.context.video else None
+        if clip is not None and clip.shape[1] < given:
+            raise ValueError(
+                f"context.video={cfg.context.video} has {clip.shape[1]} frames at the model's "
+                f"frame stride, fewer than context.frames={given}."
+            )
+        size = run_cfg.data.size
+        videos = sample_long_videos(
+            loaded.module, sampler, (run_cfg.model.in_channels, size, size), cfg.frames, window,
+            cfg.extend.overlap or given, clip, labels, cfg.num_samples,
+            batch_size=cfg.batch_size, seed=cfg.seed, precision=cfg.precision, progress=True,
+            guidance_scale=guidance_for(cfg.guidance_scale, run_cfg, loaded.module.num_classes),
+        )  # fmt: skip
+        mask = np.arange(cfg.frames) < (given if clip is not None else 0)
+        return to_uint8(videos), to_uint8(videos), mask
+    window = cfg.frames or run_cfg.data.clip_len
+    clip = read_context_clip(cfg.context.video, run_cfg, window)
+    video, mask, truth = window_context(task, clip, window, given)
+    n = cfg.num_samples
+    context = (video[None].expand(n, *video.shape), mask[None].expand(n, window))
+    videos, _ = sample_as_configured(cfg, loaded, sampler, labels, context=context)
+    given_view = to_uint8(video[None]).repeat(n, axis=0)
+    truth_view = None if truth is None else to_uint8(truth[None]).repeat(n, axis=0)
+    return videos, side_by_side(given_view, videos, truth_view), mask.numpy()
+
+
 def run(cfg: DictConfig) -> Path:
     """Sample as ``cfg`` (conf/sample.yaml) says; return the output folder."""
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
@@ -209,20 +248,28 @@ def run(cfg: DictConfig) -> Path:
         )
     loaded = load_run(cfg.ckpt_path, resolve_device(cfg.device))
     module = loaded.module
+    task = check_task(cfg, module)
     sampler: Sampler = instantiate(cfg.sampler)
     labels = class_labels(cfg.labels, cfg.num_samples, module.num_classes)
     name = sampler_name(sampler, module.diffusion.num_steps)
     folder = f"{Path(cfg.ckpt_path).stem}-{name}-seed{cfg.seed}"
+    if task != "generate":
+        folder += f"-{task}"
     out_dir = Path(cfg.out_dir or run_dir_of(cfg.ckpt_path) / "samples" / folder)
     start = time.perf_counter()
-    videos, _ = sample_as_configured(cfg, loaded, sampler, labels)
+    if task == "generate":
+        videos, _ = sample_as_configured(cfg, loaded, sampler, labels)
+        shown, extra = videos, {}
+    else:
+        videos, shown, mask = sample_task(cfg, task, loaded, sampler, labels)
+        extra = {"context_mask": mask}
     seconds = time.perf_counter() - start
     upscale = cfg.upscale or max(1, math.ceil(MIN_VIEW_SIZE / max(videos.shape[2:4])))
     # A row per class when the classes come in equal blocks; else a near-square grid.
     blocks = labels is not None and not cfg.labels and cfg.num_samples % module.num_classes == 0
     nrow = cfg.num_samples // module.num_classes if blocks else math.ceil(math.sqrt(len(videos)))
-    write_npz(out_dir / "samples.npz", videos)
-    write_clips(out_dir, videos, cfg.fps, upscale, nrow)
+    write_npz(out_dir / "samples.npz", videos, **extra)
+    write_clips(out_dir, shown, cfg.fps, upscale, nrow)
     print(
         f"Sampled {len(videos)} clips in {seconds:.1f} s ({seconds / len(videos):.2f} s/clip). "
         f"Wrote sample_0000.mp4 .. sample_{len(videos) - 1:04d}.mp4, grid.gif and samples.npz "

@@ -20,6 +20,7 @@ from torch import nn
 
 from vdm.checkpoint import load_checkpoint, model_config_mismatch
 from vdm.data.reader import VideoReadError
+from vdm.diffusion.context import ContextMasks
 from vdm.diffusion.process import GaussianDiffusion
 from vdm.diffusion.samplers import Sampler
 from vdm.module import VideoDiffusionModule
@@ -59,7 +60,17 @@ def build_module(cfg: DictConfig) -> VideoDiffusionModule:
         label_dropout=cfg.module.label_dropout,
         seed=cfg.seed,
         config=OmegaConf.to_container(cfg, resolve=True),
+        context_masks=build_context_masks(cfg),
     )
+
+
+def build_context_masks(cfg: DictConfig) -> ContextMasks | None:
+    """The training clips' given-frame mixture of ``cfg.context`` (None for ``context=none``)."""
+    masks = OmegaConf.select(cfg, "context.masks")
+    if masks is None:
+        return None
+    log.info("Instantiating context masks <%s>", masks._target_)
+    return instantiate(masks)
 
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:

@@ -195,13 +195,14 @@ def write_clips(
     return paths
 
 
-def write_npz(path: str | os.PathLike[str], videos: np.ndarray) -> Path:
+def write_npz(path: str | os.PathLike[str], videos: np.ndarray, **extra: np.ndarray) -> Path:
     """Save clips to a compressed ``.npz`` under the key ``videos``.
 
     Args:
         path: destination file, kept as given (no ``.npz`` is appended); parent folders are
             created.
         videos: uint8 ``(N, T, H, W, 3)``.
+        **extra: more arrays, saved under their keyword (e.g. ``context_mask``).
 
     Returns:
         The path written.
@@ -213,7 +214,7 @@ def write_npz(path: str | os.PathLike[str], videos: np.ndarray) -> Path:
         )
     with _atomic(path) as tmp, open(tmp, "wb") as file:
         # A file object, not a name: np.savez would append ".npz" to the temporary name.
-        np.savez_compressed(file, videos=videos)
+        np.savez_compressed(file, videos=videos, **extra)
     return Path(path)
 
 

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from vdm.data.clips import clip_indices, clip_span
 from vdm.data.index import VideoIndex, default_cache_dir, hash_split
-from vdm.data.reader import VideoReader, VideoReadError
+from vdm.data.reader import VideoReader, VideoReadError, probe
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,32 @@ class VideoRecord:
     height: int
     width: int
     label: int
+
+
+def short_side_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """``(height, width)`` scaled so the short side is ``size``, the aspect ratio kept."""
+    scale = size / min(height, width)
+    return max(size, round(height * scale)), max(size, round(width * scale))
+
+
+def read_video_start(
+    path: str | Path, size: int, frame_stride: int = 1, max_frames: int | None = None
+) -> np.ndarray:
+    """The first frames of one video, decoded as validation clips are: every
+    ``frame_stride``-th frame from the first, short side resized to ``size``, centre-cropped
+    square. Returns uint8 ``(T, size, size, 3)`` with ``T ≤ max_frames`` (all when None).
+
+    Raises:
+        VideoReadError: the file cannot be read.
+    """
+    info = probe(path)
+    indices = list(range(0, info.num_frames, frame_stride))[:max_frames]
+    height, width = short_side_size(info.height, info.width, size)
+    if (height, width) == (info.height, info.width):
+        height = width = -1  # native size: skip decord's scaler
+    frames = VideoReader(path, width=width, height=height).get_batch(indices)
+    top, left = (frames.shape[1] - size) // 2, (frames.shape[2] - size) // 2
+    return np.ascontiguousarray(frames[:, top : top + size, left : left + size])
 
 
 class VideoClipDataset(Dataset):
@@ -149,11 +175,7 @@ class VideoClipDataset(Dataset):
 
     def _decode_size(self, record: VideoRecord) -> tuple[int, int]:
         """Decode size with the short side at ``size`` and the aspect ratio kept."""
-        scale = self.size / min(record.height, record.width)
-        return (
-            max(self.size, round(record.height * scale)),
-            max(self.size, round(record.width * scale)),
-        )
+        return short_side_size(record.height, record.width, self.size)
 
     def load(self, record: VideoRecord, rng: np.random.Generator) -> np.ndarray:
         """Decode, crop and flip one clip of ``record`` → uint8 ``(T, size, size, 3)``."""

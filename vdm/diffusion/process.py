@@ -262,18 +262,25 @@ class GaussianDiffusion:
         noise: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        context: torch.Tensor | None = None,
+        context_t: torch.Tensor | None = None,
         **cond,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Noise ``x0`` at random steps, run the denoiser and return the weighted MSE.
 
         Args:
-            model_fn: ``model_fn(x_t, t, **cond) -> output`` of kind ``prediction``.
+            model_fn: ``model_fn(x_t, t, **cond) -> output`` of kind ``prediction``; with
+                ``context`` it is called as ``model_fn(x_in, t_frames, context=context, **cond)``.
             x0: clean video ``(B, C, T, H, W)`` in ``[-1, 1]``.
             t: step indices ``(B,)``; drawn uniformly when None (fix them for validation).
             noise: ε shaped like ``x0``; drawn when None (fix it for validation).
-            loss_mask: optional ``(B, T)`` of 0/1: frames with 0 (e.g. given context frames)
-                are left out of the loss.
+            loss_mask: optional ``(B, T)`` of 0/1: frames with 0 are left out of the loss.
             generator: RNG for ``t`` and ``noise`` when they are drawn.
+            context: optional bool ``(B, T)``, True for given frames: they enter clean
+                (``x_in = where(context, x0, x_t)``), the model sees them at step 0 in the
+                per-frame steps ``t_frames (B, T)``, and they are left out of the loss.
+            context_t: optional long ``(B,)``: the step at which each clip's given frames enter
+                instead (context noise augmentation; 0 = clean).
             **cond: passed to ``model_fn`` (e.g. ``labels``).
 
         Returns:
@@ -287,7 +294,21 @@ class GaussianDiffusion:
         if noise is None:
             noise = self.noise(x0.shape, generator, x0.device, x0.dtype)
         x_t = self.q_sample(x0, t, noise)
-        out = model_fn(x_t, t, **cond)
+        if context is None:
+            out = model_fn(x_t, t, **cond)
+        else:
+            given = context.bool()
+            x_given, t_given = x0, torch.zeros_like(t)
+            if context_t is not None:
+                # Augmented clips: the given frames carry the noise of a low step (clean at 0).
+                noised = self.q_sample(x0, context_t, noise)
+                x_given = torch.where(broadcast_like(context_t > 0, x0), noised, x0)
+                t_given = context_t
+            x_in = torch.where(given[:, None, :, None, None], x_given, x_t)
+            t_frames = torch.where(given, t_given[:, None], t[:, None])
+            out = model_fn(x_in, t_frames, context=given, **cond)
+            generated = (~given).to(x0.dtype)
+            loss_mask = generated if loss_mask is None else loss_mask * generated
         if out.shape != x0.shape:
             raise ValueError(
                 f"Denoiser output shape {tuple(out.shape)} differs from its input "

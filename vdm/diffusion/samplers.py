@@ -3,7 +3,9 @@
 Every sampler walks a descending list of step indices and lands, at the last step, on the
 clean estimate (ᾱ = 1, as diffusers does with ``set_alpha_to_one=True``). Each takes
 ``model_fn(x_t, t) -> output`` of the diffusion's prediction kind; class-conditional models
-enter through :func:`guided`.
+enter through :func:`guided`. With ``context=(video, mask)`` the given frames stay clean: they
+are reset to ``video`` after every step, their x0 estimate is ``video`` itself, and the model is
+called as ``model_fn(x_t, t_frames, context=mask)`` with step 0 for given frames.
 """
 
 from __future__ import annotations
@@ -67,20 +69,26 @@ def guided(
     Returns ``u + scale·(c - u)`` with ``c = model(x, t, labels)`` and ``u`` the output for the
     null label; both halves run as one batch. Guidance acts on the raw output, which is valid for
     every prediction kind since each is affine in x0 given ``x_t``. ``scale = 1`` is the
-    conditional model alone (and skips the unconditional half).
+    conditional model alone (and skips the unconditional half). Given frames (``context``) stay
+    in both halves: guidance is on the label only.
 
     Args:
-        model: denoiser ``model(x, t, labels)``.
+        model: denoiser ``model(x, t, labels, context=None)``.
         labels: long class labels ``(B,)``.
         scale: guidance scale ``w``; 1 = no guidance, larger = stronger.
         null_label: the model's "no class" index (``num_classes``).
     """
 
-    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def model_fn(
+        x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        extra = {} if context is None else {"context": context}
         if scale == 1:
-            return model(x, t, labels)
+            return model(x, t, labels, **extra)
         null = torch.full_like(labels, null_label)
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
+        if context is not None:
+            extra = {"context": torch.cat([context, context])}
+        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]), **extra)
         cond, uncond = out.chunk(2)
         return uncond + scale * (cond - uncond)
 
@@ -109,12 +117,23 @@ class Sampler:
         return timestep_schedule(diffusion.num_steps, steps, self.spacing)
 
     def denoise(
-        self, diffusion: GaussianDiffusion, x: torch.Tensor, t: torch.Tensor, out: torch.Tensor
+        self,
+        diffusion: GaussianDiffusion,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        out: torch.Tensor,
+        state: dict | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x0, eps)`` estimates from a model output; eps is recomputed after clipping."""
+        """``(x0, eps)`` estimates from a model output; eps is recomputed after clipping and
+        after the given frames' x0 is set to their clean value (``state["context"]``)."""
         x0 = diffusion.predict_x0(x, t, out)
         if self.clip_denoised:
             x0 = x0.clamp(-1, 1)
+        context = (state or {}).get("context")
+        if context is not None:
+            video, given = context
+            x0 = torch.where(given, video, x0)
+        if self.clip_denoised or context is not None:
             return x0, diffusion.predict_eps(x, t, x0, kind="x0")
         return x0, diffusion.predict_eps(x, t, out)
 
@@ -128,6 +147,7 @@ class Sampler:
         x_T: torch.Tensor | None = None,
         progress: bool = False,
         device: torch.device | str | None = None,
+        context: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Run the reverse process from noise to a clean sample.
 
@@ -139,6 +159,8 @@ class Sampler:
             x_T: the initial noise; drawn from ``generator`` when None.
             progress: show a progress bar over steps.
             device: where to sample; defaults to ``x_T``'s device, else the generator's, else CPU.
+            context: ``(video, mask)``: clean frames ``video`` of ``shape`` and a bool ``(B, T)``
+                mask, True where a frame is given. Given frames come back exactly as given.
 
         Returns:
             float32 tensor of ``shape``: the sample (in ``[-1, 1]`` when clipping).
@@ -157,6 +179,19 @@ class Sampler:
         timesteps = self.timesteps(diffusion)
         ab = diffusion.schedule.alphas_cumprod
         state: dict = {}
+        mask = None
+        if context is not None:
+            video, mask = context
+            video = video.to(device=x.device, dtype=torch.float32)
+            mask = mask.to(x.device).bool()
+            if video.shape != x.shape or mask.shape != (x.shape[0], x.shape[2]):
+                raise ValueError(
+                    f"context=(video, mask) must be {tuple(x.shape)} and "
+                    f"{(x.shape[0], x.shape[2])}; got {tuple(video.shape)}, {tuple(mask.shape)}."
+                )
+            given = mask[:, None, :, None, None]
+            state["context"] = (video, given)
+            x = torch.where(given, video, x)
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task(type(self).__name__, total=len(timesteps))
             for i, t in enumerate(timesteps):
@@ -164,8 +199,14 @@ class Sampler:
                 ab_t = float(ab[t])
                 ab_prev = 1.0 if t_prev is None else float(ab[t_prev])
                 t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-                out = model_fn(x, t_batch).float()
+                if mask is None:
+                    out = model_fn(x, t_batch).float()
+                else:  # given frames are clean: the model sees them at step 0
+                    t_frames = torch.where(mask, 0, t_batch[:, None])
+                    out = model_fn(x, t_frames, context=mask).float()
                 x = self.step(diffusion, x, t_batch, out, ab_t, ab_prev, generator, state)
+                if mask is not None:
+                    x = torch.where(given, video, x)
                 bar.advance(task)
         return x
 
@@ -212,7 +253,7 @@ class DDPMSampler(Sampler):
         self.steps, self.spacing = steps, spacing
 
     def step(self, diffusion, x, t, out, ab_t, ab_prev, generator, state):
-        x0, _ = self.denoise(diffusion, x, t, out)
+        x0, _ = self.denoise(diffusion, x, t, out, state)
         alpha = ab_t / ab_prev  # α of the (respaced) step from t to prev
         beta = 1 - alpha
         coef_x0 = math.sqrt(ab_prev) * beta / (1 - ab_t)
@@ -248,7 +289,7 @@ class DDIMSampler(Sampler):
         self.steps, self.eta, self.spacing = steps, eta, spacing
 
     def step(self, diffusion, x, t, out, ab_t, ab_prev, generator, state):
-        x0, eps = self.denoise(diffusion, x, t, out)
+        x0, eps = self.denoise(diffusion, x, t, out, state)
         sigma = self.eta * math.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev))
         x_prev = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
         if sigma > 0:
@@ -280,7 +321,7 @@ class DPMSolverSampler(Sampler):
         self.steps, self.order, self.spacing = steps, order, spacing
 
     def step(self, diffusion, x, t, out, ab_t, ab_prev, generator, state):
-        x0, _ = self.denoise(diffusion, x, t, out)
+        x0, _ = self.denoise(diffusion, x, t, out, state)
         if ab_prev >= 1.0:  # σ_prev = 0: the solution is the data estimate
             return x0
         alpha_t, sigma_t = math.sqrt(ab_t), math.sqrt(1 - ab_t)

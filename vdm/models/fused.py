@@ -116,12 +116,17 @@ def gated_linear(
         x: ``(B, ..., K)``.
         weight: ``(D, K)``, as ``nn.Linear.weight``.
         bias: ``(D,)`` or None.
-        gate: one gate per sample and output channel, shaped ``(B, 1, ..., 1, D)``.
+        gate: one gate per sample and output channel, shaped ``(B, 1, ..., 1, D)``, or one per
+            sample, frame and channel, ``(B, T, 1, ..., D)`` for ``x (B, T, ..., K)``.
         gelu: apply GELU to ``x`` first (the MLP's second layer).
 
     Returns:
         ``(B, ..., D)``.
     """
+    if gate.dim() > 2 and gate.shape[1] > 1 and gate.shape[1] == x.shape[1]:
+        # Per-frame gates: fold the frames into the batch, where gates are per sample.
+        out = gated_linear(x.flatten(0, 1), weight, bias, gate.flatten(0, 1), gelu)
+        return out.unflatten(0, x.shape[:2])
     if (
         gate.shape[0] != x.shape[0]
         or gate.shape[-1] != weight.shape[0]

@@ -218,3 +218,45 @@ def zero_module(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         nn.init.zeros_(p)
     return module
+
+
+def frame_conditioning_inputs(
+    x: torch.Tensor,
+    t: torch.Tensor,
+    context: torch.Tensor | None,
+    enabled: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The denoiser input and steps for frame conditioning (FDM-style mask channel).
+
+    With ``enabled``, the bool context mask ``(B, T)`` (True = given frame; None = none given)
+    becomes one more input channel, and steps ``t (B,)`` become per-frame ``(B, T)``. Without
+    it, ``x`` and ``t`` pass unchanged, and a mask with a given frame is an error: such a model
+    never learned to read one.
+
+    Returns:
+        ``(x, t)``: ``x`` with ``C + 1`` channels when enabled, ``t`` as ``(B,)`` or ``(B, T)``.
+    """
+    b, _, frames, h, w = x.shape
+    if t.dim() == 2 and t.shape != (b, frames):
+        raise ValueError(f"Per-frame steps t must be (B, T) = {(b, frames)}, got {tuple(t.shape)}.")
+    if context is not None and context.shape != (b, frames):
+        raise ValueError(f"context must be (B, T) = {(b, frames)}, got {tuple(context.shape)}.")
+    if not enabled:
+        if context is not None and bool(context.any()):
+            raise ValueError(
+                "This denoiser was built without frame conditioning (model.frame_conditioning="
+                "false, trained with context=none), so it cannot take given frames: train one "
+                "with context=mixed."
+            )
+        return x, t
+    if context is None:
+        context = torch.zeros(b, frames, dtype=torch.bool, device=x.device)
+    mask = context.to(x.dtype)[:, None, :, None, None].expand(b, 1, frames, h, w)
+    if t.dim() == 1:
+        t = t[:, None].expand(b, frames)
+    return torch.cat([x, mask], dim=1), t
+
+
+def per_frame_labels(labels: torch.Tensor | None, frames: int) -> torch.Tensor | None:
+    """Labels ``(B,)`` repeated for each of ``frames`` frames: ``(B·frames,)``."""
+    return None if labels is None else labels.repeat_interleave(frames)

@@ -21,7 +21,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vdm.models.fused import norm_modulate
-from vdm.models.layers import Attention, ConditionEmbedder, Mlp
+from vdm.models.layers import (
+    Attention,
+    ConditionEmbedder,
+    Mlp,
+    frame_conditioning_inputs,
+    per_frame_labels,
+)
 
 
 def sincos_2d(grid_h: int, grid_w: int, dim: int, device: torch.device) -> torch.Tensor:
@@ -43,9 +49,16 @@ def sincos_2d(grid_h: int, grid_w: int, dim: int, device: torch.device) -> torch
     ).reshape(grid_h * grid_w, dim)
 
 
+def per_token(values: torch.Tensor) -> torch.Tensor:
+    """Condition-derived values ``(B, D)`` or per frame ``(B, T', D)`` as ``(B, 1 or T', 1, D)``,
+    to broadcast over tokens ``(B, T', S, D)``."""
+    return values[:, None, None] if values.dim() == 2 else values[:, :, None]
+
+
 class AdaLNZero(nn.Module):
-    """Shift, scale and gate ``(B, 1, 1, D)`` each, from the condition; all zero at start, so the
-    branch they modulate starts switched off (adaLN-Zero, Peebles & Xie 2023)."""
+    """Shift, scale and gate ``(B, 1, 1, D)`` each (``(B, T', 1, D)`` for a per-frame condition),
+    from the condition; all zero at start, so the branch they modulate starts switched off
+    (adaLN-Zero, Peebles & Xie 2023)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -54,7 +67,7 @@ class AdaLNZero(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.proj(F.silu(cond))[:, None, None].chunk(3, dim=-1)
+        return per_token(self.proj(F.silu(cond))).chunk(3, dim=-1)
 
 
 class SpaceTimeBlock(nn.Module):
@@ -80,7 +93,7 @@ class SpaceTimeBlock(nn.Module):
         self.mlp_modulation = AdaLNZero(dim)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """``x (B, T', S, D)``, ``cond (B, D)`` → ``(B, T', S, D)``."""
+        """``x (B, T', S, D)``, ``cond (B, D)`` or ``(B, T', D)`` → ``(B, T', S, D)``."""
         shift, scale, gate = self.spatial_modulation(cond)
         x = x + self.spatial_attn(norm_modulate(x, shift, scale), gate=gate)
         shift, scale, gate = self.temporal_modulation(cond)
@@ -112,6 +125,10 @@ class SpaceTimeTransformer(nn.Module):
         dropout: dropout in the MLPs.
         qk_norm: RMS-normalise queries and keys (helps bf16 and large models).
         gradient_checkpointing: recompute each block's activations in the backward pass.
+        frame_conditioning: take given frames: the context mask enters as one more input
+            channel (its weights start at zero) and steps may be per frame ``(B, T)``; a
+            temporal patch gets the step of its noisiest frame. Off, the model is exactly the
+            one without it (same parameters, same outputs).
     """
 
     def __init__(
@@ -128,6 +145,7 @@ class SpaceTimeTransformer(nn.Module):
         dropout: float = 0.0,
         qk_norm: bool = False,
         gradient_checkpointing: bool = False,
+        frame_conditioning: bool = False,
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -135,8 +153,13 @@ class SpaceTimeTransformer(nn.Module):
         self.patch_size, self.temporal_patch_size = patch_size, temporal_patch_size
         self.hidden_size = hidden_size
         self.gradient_checkpointing = gradient_checkpointing
-        patch_dim = in_channels * temporal_patch_size * patch_size**2
-        self.patch_embed = nn.Linear(patch_dim, hidden_size)
+        self.frame_conditioning = frame_conditioning
+        inputs = in_channels + int(frame_conditioning)  # + the context mask channel
+        self.patch_embed = nn.Linear(inputs * temporal_patch_size * patch_size**2, hidden_size)
+        if frame_conditioning:  # the mask channel's patch features come last: start at zero
+            nn.init.zeros_(
+                self.patch_embed.weight[:, in_channels * temporal_patch_size * patch_size**2 :]
+            )
         self.cond = ConditionEmbedder(hidden_size, num_classes)
         self.blocks = nn.ModuleList(
             SpaceTimeBlock(hidden_size, heads, mlp_ratio, dropout, qk_norm) for _ in range(depth)
@@ -149,9 +172,19 @@ class SpaceTimeTransformer(nn.Module):
         nn.init.zeros_(self.modulation_out[1].bias)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predict from noisy video ``x (B, C_in, T, H, W)`` at steps ``t (B,)``.
+        """Predict from noisy video ``x (B, C_in, T, H, W)`` at steps ``t``.
+
+        Args:
+            x: the noisy video (given frames clean).
+            t: steps ``(B,)``, or ``(B, T)`` per frame (given frames at 0).
+            labels: class labels ``(B,)``; None = the null label.
+            context: bool ``(B, T)``, True for given frames (``frame_conditioning`` only).
 
         Returns:
             ``(B, C_out, T, H, W)``.
@@ -164,18 +197,24 @@ class SpaceTimeTransformer(nn.Module):
                 f"temporal_patch_size={pt}; got T={frames}, {h}x{w}: change data.size / "
                 "data.clip_len or the model's patch sizes."
             )
+        x, t = frame_conditioning_inputs(x, t, context, self.frame_conditioning)
         gh, gw = h // p, w // p
         tokens = rearrange(x, "b c (t pt) (gh p) (gw q) -> b t (gh gw) (c pt p q)", pt=pt, p=p, q=p)
         tokens = self.patch_embed(tokens) + sincos_2d(gh, gw, self.hidden_size, x.device).to(
             tokens.dtype
         )
-        cond = self.cond(t, labels)
+        if t.dim() == 2:  # per frame: one condition per temporal patch, its noisiest frame
+            t = t.unflatten(1, (frames // pt, pt)).amax(-1)
+            cond = self.cond(t.reshape(-1), per_frame_labels(labels, t.shape[1]))
+            cond = cond.unflatten(0, t.shape)  # (B, T', D)
+        else:
+            cond = self.cond(t, labels)
         for block in self.blocks:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 tokens = checkpoint(block, tokens, cond, use_reentrant=False)
             else:
                 tokens = block(tokens, cond)
-        shift, scale = self.modulation_out(cond)[:, None, None].chunk(2, dim=-1)
+        shift, scale = per_token(self.modulation_out(cond)).chunk(2, dim=-1)
         out = self.proj_out(norm_modulate(tokens, shift, scale))
         return rearrange(
             out,

@@ -20,7 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vdm.models.layers import Attention, ConditionEmbedder
+from vdm.models.layers import (
+    Attention,
+    ConditionEmbedder,
+    frame_conditioning_inputs,
+    per_frame_labels,
+)
 
 CHANNELS_LAST = torch.channels_last
 
@@ -107,10 +112,11 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, frames: int) -> torch.Tensor:
         h = self.conv1(norm_act(self.norm1, x))
-        # (B, 2C) → per frame (B·T, 2C, 1, 1)
-        scale, shift = (
-            self.emb_proj(F.silu(emb)).repeat_interleave(frames, 0)[..., None, None].chunk(2, 1)
-        )
+        # (B, 2C) per clip, or (B·T, 2C) per frame → (B·T, 2C, 1, 1)
+        scale_shift = self.emb_proj(F.silu(emb))
+        if scale_shift.shape[0] != x.shape[0]:
+            scale_shift = scale_shift.repeat_interleave(frames, 0)
+        scale, shift = scale_shift[..., None, None].chunk(2, 1)
         h = self.conv2(self.dropout(norm_act(self.norm2, h, scale, shift)))
         h = h + self.temporal_conv(h, frames)
         return self.skip(x) + h
@@ -223,6 +229,9 @@ class UNet3D(nn.Module):
             (space-to-depth) and unfolded after the last. 2 runs every level at half the
             resolution (about 1.5× faster at 32²); ``attention_resolutions`` then count from
             the folded resolution. 1 = none (Ho et al.'s U-Net).
+        frame_conditioning: take given frames: the context mask enters as one more input
+            channel (its weights start at zero) and steps may be per frame ``(B, T)``. Off, the
+            model is exactly the one without it (same parameters, same outputs).
     """
 
     def __init__(
@@ -239,6 +248,7 @@ class UNet3D(nn.Module):
         qk_norm: bool = False,
         gradient_checkpointing: bool = False,
         patch_size: int = 1,
+        frame_conditioning: bool = False,
     ) -> None:
         super().__init__()
         if patch_size < 1:
@@ -249,11 +259,15 @@ class UNet3D(nn.Module):
         self.num_classes = num_classes
         self.gradient_checkpointing = gradient_checkpointing
         self.patch_size = patch_size
+        self.frame_conditioning = frame_conditioning
         # H and W must survive the patch fold and every downsampling.
         self.downsample_factor = patch_size * 2 ** (len(channel_mult) - 1)
         emb_dim = 4 * base_channels
         self.cond = ConditionEmbedder(emb_dim, num_classes)
-        self.conv_in = nn.Conv2d(in_channels * patch_size**2, base_channels, 3, padding=1)
+        inputs = in_channels + int(frame_conditioning)  # + the context mask channel
+        self.conv_in = nn.Conv2d(inputs * patch_size**2, base_channels, 3, padding=1)
+        if frame_conditioning:  # the mask's p² folded channels come last: start them at zero
+            nn.init.zeros_(self.conv_in.weight[:, in_channels * patch_size**2 :])
 
         def level(cin: int, cout: int, factor: int) -> Level:
             return Level(
@@ -296,21 +310,36 @@ class UNet3D(nn.Module):
         return block(*args)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predict from noisy video ``x (B, C_in, T, H, W)`` at steps ``t (B,)``.
+        """Predict from noisy video ``x (B, C_in, T, H, W)`` at steps ``t``.
+
+        Args:
+            x: the noisy video (given frames clean).
+            t: steps ``(B,)``, or ``(B, T)`` per frame (given frames at 0).
+            labels: class labels ``(B,)``; None = the null label.
+            context: bool ``(B, T)``, True for given frames (``frame_conditioning`` only).
 
         Returns:
             ``(B, C_out, T, H, W)``.
         """
-        b, c, frames, h, w = x.shape
+        b, _, frames, h, w = x.shape
         if h % self.downsample_factor or w % self.downsample_factor:
             raise ValueError(
                 f"UNet3D needs H and W divisible by {self.downsample_factor} "
                 f"(patch_size * 2 ** (len(channel_mult) - 1)); got {h}x{w}: change data.size, "
                 "model.channel_mult or model.patch_size."
             )
-        emb = self.cond(t, labels)
+        x, t = frame_conditioning_inputs(x, t, context, self.frame_conditioning)
+        c = x.shape[1]
+        if t.dim() == 2:  # one embedding per frame: (B·T, D)
+            emb = self.cond(t.reshape(-1), per_frame_labels(labels, frames))
+        else:
+            emb = self.cond(t, labels)
         # (B, C, T, H, W) → frames (B·T, C, H, W) in channels-last memory.
         x = x.permute(0, 2, 1, 3, 4).reshape(b * frames, c, h, w)
         if self.patch_size > 1:

@@ -1,0 +1,166 @@
+"""Sampling a trained module in batches, with or without given frames: generation, prediction,
+interpolation and long videos. Shared by ``python -m vdm.sample``, ``python -m vdm.evaluate`` and
+the sample-video callback; no Hydra here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from vdm.diffusion.context import task_mask
+from vdm.diffusion.extend import extend_video
+from vdm.diffusion.samplers import Sampler
+from vdm.module import VideoDiffusionModule
+
+AUTOCAST_DTYPES = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def clip_seed(*key: int) -> int:
+    """A 63-bit seed from integers (independent streams for independent keys)."""
+    state = np.random.SeedSequence(list(key)).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 32 | int(state[1])) & (2**63 - 1)
+
+
+def sample_videos(
+    module: VideoDiffusionModule,
+    sampler: Sampler,
+    clip_shape: tuple[int, int, int, int],
+    labels: list[int] | None,
+    num_samples: int,
+    batch_size: int,
+    guidance_scale: float = 1.0,
+    seed: int = 0,
+    precision: str = "32-true",
+    progress: bool = False,
+    context: tuple[torch.Tensor, torch.Tensor] | None = None,
+    window_index: int = 0,
+) -> torch.Tensor:
+    """``num_samples`` clips of ``clip_shape = (C, T, H, W)``: float ``(N, C, T, H, W)`` on the CPU.
+
+    Clip ``i`` starts from noise seeded by ``(seed, i)`` alone (``(seed, i, window_index)`` for
+    later windows of a long video), so deterministic samplers give the same clip for any
+    ``num_samples`` and ``batch_size``; the noise stochastic samplers add along the way is
+    seeded per batch.
+
+    Args:
+        context: ``(video (N, C, T, H, W), mask (N, T))``: the given frames of every clip,
+            returned unchanged.
+    """
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"precision={precision}: use one of {', '.join(AUTOCAST_DTYPES)}.")
+    if batch_size < 1 or num_samples < 1:
+        raise ValueError(f"num_samples={num_samples}, batch_size={batch_size}: both must be ≥ 1.")
+    device = module.device
+    dtype = AUTOCAST_DTYPES[precision]
+    key = (window_index,) if window_index else ()
+    clips = []
+    for start in range(0, num_samples, batch_size):
+        stop = min(start + batch_size, num_samples)
+        x_T = torch.stack(
+            [
+                module.diffusion.noise(
+                    (1, *clip_shape), torch.Generator().manual_seed(clip_seed(seed, 0, i, *key))
+                )[0]
+                for i in range(start, stop)
+            ]
+        ).to(device)
+        y = None if labels is None else torch.tensor(labels[start:stop], device=device)
+        given = None
+        if context is not None:
+            given = (context[0][start:stop].to(device), context[1][start:stop].to(device))
+        generator = torch.Generator(device=device).manual_seed(clip_seed(seed, 1, start, *key))
+        autocast = torch.autocast(device.type, dtype) if dtype else contextlib.nullcontext()
+        with autocast:
+            videos = module.generate(
+                sampler,
+                tuple(x_T.shape),
+                labels=y,
+                guidance_scale=guidance_scale,
+                generator=generator,
+                progress=progress,
+                x_T=x_T,
+                context=given,
+            )
+        clips.append(videos.float().cpu())
+    return torch.cat(clips)
+
+
+def window_context(
+    task: str, clip: torch.Tensor, window: int, given: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The given frames of one window for ``task`` (``predict`` or ``interpolate``).
+
+    Args:
+        clip: the real frames ``(C, T', H, W)`` from the start of a video.
+        window: frames in the window.
+        given: frames given (at each end for ``interpolate``).
+
+    Returns:
+        ``(video (C, window, H, W), mask (window,), truth)``: the window with the given frames in
+        place (zeros elsewhere), the mask, and the real window when the clip covers it (else
+        None).
+    """
+    mask = task_mask(task, window, given)
+    needed = window if task == "interpolate" else given
+    if clip.shape[1] < needed:
+        raise ValueError(
+            f"The context video has {clip.shape[1]} frames (at the model's frame stride), fewer "
+            f"than the {needed} task={task} needs with context.frames={given} and a {window}-"
+            "frame window: use a longer video, or lower context.frames / frames."
+        )
+    truth = clip[:, :window] if clip.shape[1] >= window else None
+    video = torch.zeros(clip.shape[0], window, *clip.shape[2:])
+    available = min(window, clip.shape[1])
+    video[:, :available] = clip[:, :available]
+    return video * mask[None, :, None, None], mask, truth
+
+
+def sample_long_videos(
+    module: VideoDiffusionModule,
+    sampler: Sampler,
+    frame_shape: tuple[int, int, int],
+    total_frames: int,
+    window: int,
+    overlap: int,
+    first: torch.Tensor | None,
+    labels: list[int] | None,
+    num_samples: int,
+    **options,
+) -> torch.Tensor:
+    """``num_samples`` videos of ``total_frames`` frames, ``window`` frames at a time, each later
+    window given the last ``overlap`` frames (:func:`vdm.diffusion.extend.extend_video`).
+
+    Args:
+        frame_shape: ``(C, H, W)``.
+        first: given opening frames ``(C, k, H, W)`` shared by every sample, or None.
+        **options: passed to :func:`sample_videos` (batch_size, guidance_scale, seed, ...).
+
+    Returns:
+        float ``(N, C, total_frames, H, W)`` on the CPU.
+    """
+    c, h, w = frame_shape
+
+    def sample_window(video: torch.Tensor, mask: torch.Tensor, index: int) -> torch.Tensor:
+        context = (video, mask) if bool(mask.any()) else None
+        return sample_videos(
+            module, sampler, (c, window, h, w), labels, num_samples, context=context,
+            window_index=index, **options,
+        )  # fmt: skip
+
+    if first is not None:
+        first = first[None].expand(num_samples, *first.shape)
+    return extend_video(sample_window, (num_samples, c, h, w), total_frames, window, overlap, first)
+
+
+def side_by_side(*panels: np.ndarray | None, gap: int = 1) -> np.ndarray:
+    """uint8 clips ``(N, T, H, W, 3)`` placed left to right with a ``gap``-pixel grey seam;
+    None panels are left out."""
+    present = [p for p in panels if p is not None]
+    seam = np.full((*present[0].shape[:3], gap, 3), 128, dtype=np.uint8)
+    parts = [present[0]]
+    for panel in present[1:]:
+        parts += [seam, panel]
+    return np.concatenate(parts, axis=3)
