@@ -123,7 +123,12 @@ def gated_linear(
     Returns:
         ``(B, ..., D)``.
     """
-    if gate.dim() > 2 and gate.shape[1] > 1 and gate.shape[1] == x.shape[1]:
+    per_frame = (
+        gate.dim() == x.dim() > 3
+        and gate.shape[1] == x.shape[1] > 1
+        and all(size == 1 for size in gate.shape[2:-1])
+    )
+    if per_frame:
         # Per-frame gates: fold the frames into the batch, where gates are per sample.
         out = gated_linear(x.flatten(0, 1), weight, bias, gate.flatten(0, 1), gelu)
         return out.unflatten(0, x.shape[:2])
