@@ -26,7 +26,7 @@ from _machine import header
 from omegaconf import OmegaConf
 from shapes_quality import COLOURS, frame_match, palette_labels, score
 
-from vdm.diffusion.samplers import DDIMSampler
+from vdm.diffusion.samplers import DDIMSampler, DPMSolverSampler
 from vdm.evaluate import data_config, real_batches
 from vdm.generation import sample_long_videos
 from vdm.prediction import evaluate_context_task
@@ -83,24 +83,32 @@ def table(rows: list[tuple[str, dict]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", required=True, help="a checkpoint trained with context=mixed")
+    parser.add_argument("--ckpt", help="a checkpoint trained with context=mixed")
     parser.add_argument("--clips", type=int, default=64, help="validation clips per task")
     parser.add_argument("--per-clip", type=int, default=4, help="samples per clip (best of N)")
     parser.add_argument("--long", type=int, default=64, help="frames of the long videos")
     parser.add_argument("--long-clips", type=int, default=8, help="long videos to sample")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--sampler", choices=["ddim", "dpmpp"], default="dpmpp")
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps")
+    parser.add_argument("--guidance", type=float, help="guidance scale; default: the run's")
     parser.add_argument("--batch", type=int, default=32, help="clips per forward pass")
     parser.add_argument("--png", type=Path, help="write frame strips here")
     args = parser.parse_args()
     print(header())
+    if not args.ckpt:  # make bench runs every script bare
+        print("no --ckpt given: train one with python train.py context=mixed, then pass it")
+        return
     loaded = load_run(args.ckpt)
     module, run_cfg = loaded.module, loaded.config
-    sampler = DDIMSampler(steps=args.steps)
+    sampler = (DDIMSampler if args.sampler == "ddim" else DPMSolverSampler)(steps=args.steps)
     cfg = OmegaConf.create({"data": None, "frames": None, "batch_size": args.batch})
     data_cfg = data_config(cfg, run_cfg)
-    guidance = OmegaConf.select(run_cfg, "callbacks.sample_videos.guidance_scale", default=1.0)
+    guidance = args.guidance
+    if guidance is None:
+        guidance = OmegaConf.select(run_cfg, "callbacks.sample_videos.guidance_scale", default=1.0)
     window = data_cfg.clip_len
-    print(f"# {args.ckpt}, step {loaded.global_step}, {loaded.weights} weights, DDIM-{args.steps}")
+    print(f"# {args.ckpt}, step {loaded.global_step}, {loaded.weights} weights, "
+          f"{args.sampler}-{args.steps}, guidance {guidance:g}")  # fmt: skip
 
     for task, given in (("predict", window // 2), ("interpolate", window // 4)):
         start = time.perf_counter()

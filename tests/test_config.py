@@ -194,9 +194,11 @@ def test_every_context_key_reaches_the_masks_and_the_model():
     assert build_model(cfg).frame_conditioning is True
 
 
-def test_masks_on_a_model_without_frame_conditioning_name_the_key():
+def test_masks_on_a_model_without_frame_conditioning_name_the_key(tmp_path):
+    from conftest import compose_run
+
     from vdm.train import build_module
 
-    cfg = compose_train("context=mixed", "model=unet3d_tiny", "model.frame_conditioning=false")
+    cfg = compose_run(tmp_path, "context=mixed", "model.frame_conditioning=false")
     with pytest.raises(ValueError, match="model.frame_conditioning=true"):
         build_module(cfg)

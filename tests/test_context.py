@@ -291,7 +291,7 @@ def test_a_plain_model_refuses_given_frames_and_keeps_its_parameters():
     conditioned = MODELS["unet3d"](frame_conditioning=True)
     shapes = {k: v.shape for k, v in plain.state_dict().items()}
     assert shapes.keys() == conditioned.state_dict().keys()
-    assert conditioned.state_dict()["conv_in.weight"].shape[1] == shapes["conv_in.weight"][1] + 1
+    assert conditioned.state_dict()["conv_in.weight"].shape[1] == shapes["conv_in.weight"][1] + 7
     x = torch.randn(1, 3, 2, 16, 16)
     with pytest.raises(ValueError, match="context=mixed"):
         plain(x, torch.tensor([5]), context=torch.tensor([[True, False]]))
@@ -345,3 +345,31 @@ def test_extension_errors_name_the_keys():
         extend_video(lambda v, m, i: v, (1, 1, 1, 1), 16, window=8, overlap=8)
     with pytest.raises(ValueError, match="context.frames"):
         extend_video(lambda v, m, i: v, (1, 1, 1, 1), 16, 8, 4, first=torch.zeros(1, 1, 8, 1, 1))
+
+
+def test_clips_with_given_frames_get_their_own_weighting():
+    process = GaussianDiffusion(
+        NoiseSchedule("cosine", 1000), "v", "min_snr", context_loss_weighting="min_snr_plus_one"
+    )
+    x0, noise = torch.randn(2, 1, 4, 2, 2), torch.randn(2, 1, 4, 2, 2)
+    t = torch.tensor([950, 950])
+    context = torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    _, per_sample, _ = process.training_loss(
+        lambda x, t, context=None: torch.zeros_like(x), x0, t=t, noise=noise, context=context
+    )
+    target = process.target(x0, noise, t)
+    plain = target[:, :, 1:].pow(2).mean(dim=(1, 2, 3, 4))
+    assert torch.allclose(per_sample[0], plain[0] * process.loss_weight(t[:1], "min_snr_plus_one"))
+    assert torch.allclose(per_sample[1], target[1].pow(2).mean() * process.loss_weight(t[1:]))
+    snr = process.schedule.snr(950)
+    assert process.loss_weight(t[:1], "min_snr_plus_one") == pytest.approx(1.0)  # γ > SNR + 1
+    assert process.loss_weight(t[:1]) == pytest.approx(float(snr / (snr + 1)), rel=1e-5)
+
+
+def test_context_weighting_names_its_key():
+    with pytest.raises(ValueError, match="context.loss_weighting"):
+        GaussianDiffusion(
+            NoiseSchedule(), "eps", "min_snr", context_loss_weighting="min_snr_plus_one"
+        )
+    with pytest.raises(ValueError, match="context.loss_weighting"):
+        GaussianDiffusion(NoiseSchedule(), "v", "min_snr", context_loss_weighting="max")

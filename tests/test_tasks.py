@@ -152,3 +152,21 @@ def test_the_training_run_writes_a_prediction_grid(context_ckpt):
     first = decoded(predict / "sample_0000.mp4")
     assert first.shape[:2] == (8, 32 * 4) and first.shape[2] == (3 * 32 + 2) * 4
     assert grid.shape[0] == 8
+
+
+def test_evaluate_adds_fvd_of_the_completed_clips_when_an_extractor_is_given(
+    context_ckpt, tmp_path
+):
+    import torch
+    from test_evaluate import FEATURES, ClipStatistics
+
+    extractor = tmp_path / "stats.pt"
+    torch.jit.script(ClipStatistics()).save(str(extractor))
+    cfg = compose_config(
+        "evaluate", f"ckpt_path={context_ckpt}", "task=predict", "context.frames=4",
+        "num_samples=2", "num_clips=3", "sampler.steps=2", f"out={tmp_path / 'r.json'}",
+        f"fvd.extractor={extractor}", f"fvd.feature_dim={FEATURES}",
+    )  # fmt: skip
+    report = evaluate(cfg)
+    assert report["metrics"]["fvd"] is None or report["metrics"]["fvd"] >= 0
+    assert report["protocol"]["extractor"]["feature_dim"] == FEATURES

@@ -55,6 +55,10 @@ class GaussianDiffusion:
             the steps where a video's layout is decided; docs/experiments.md has what it does
             to the shapes run. v or x0 only: as an eps weight it is unbounded as SNR → 0).
         min_snr_gamma: γ of ``min_snr`` and ``min_snr_plus_one``; 5 is the paper's value.
+        context_loss_weighting: the weighting of clips with given frames (``context``); None =
+            ``loss_weighting``. Given frames make the noisiest steps informative (they are
+            where a generated frame must come from its neighbours), steps that ``min_snr``
+            hardly weighs; ``min_snr_plus_one`` keeps weight 1 there.
         frame_noise_correlation: ρ in ``[0, 1)``, the correlation between the noise of any two
             frames of a video (0 = independent, as in image diffusion). A model must be sampled
             with the ρ it was trained with; it is part of the process, like the schedule.
@@ -67,6 +71,7 @@ class GaussianDiffusion:
         loss_weighting: str = "uniform",
         min_snr_gamma: float = 5.0,
         frame_noise_correlation: float = 0.0,
+        context_loss_weighting: str | None = None,
     ) -> None:
         if prediction not in PREDICTIONS:
             raise ValueError(
@@ -89,6 +94,17 @@ class GaussianDiffusion:
                 "level, an unbounded eps weight as SNR -> 0: set diffusion.prediction=v (or x0), "
                 "or diffusion.loss_weighting=min_snr."
             )
+        context_loss_weighting = context_loss_weighting or loss_weighting
+        if context_loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(
+                f"Unknown loss weighting {context_loss_weighting!r} for clips with given frames: "
+                f"use one of {', '.join(LOSS_WEIGHTINGS)} (config key context.loss_weighting)."
+            )
+        if context_loss_weighting == "min_snr_plus_one" and prediction == "eps":
+            raise ValueError(
+                "context.loss_weighting=min_snr_plus_one needs diffusion.prediction=v (or x0): as "
+                "an eps weight it is unbounded as SNR -> 0; or set context.loss_weighting=min_snr."
+            )
         if min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}.")
         if not 0 <= frame_noise_correlation < 1:
@@ -101,6 +117,7 @@ class GaussianDiffusion:
         self.loss_weighting = loss_weighting
         self.min_snr_gamma = min_snr_gamma
         self.frame_noise_correlation = frame_noise_correlation
+        self.context_loss_weighting = context_loss_weighting
         self._tables: dict[torch.device, dict[str, torch.Tensor]] = {}
 
     @property
@@ -222,19 +239,24 @@ class GaussianDiffusion:
 
     # training ---------------------------------------------------------------------------------
 
-    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+    def loss_weight(self, t: torch.Tensor, weighting: str | None = None) -> torch.Tensor:
         """Per-sample loss weights ``(B,)`` (float32) on the MSE of this diffusion's target.
 
         ``min_snr`` weights are relative to the target, so that every prediction kind weighs
         the x0 error by ``min(SNR, γ)``: eps ``min(SNR, γ)/SNR``, x0 ``min(SNR, γ)``,
         v ``min(SNR, γ)/(SNR + 1)``. ``min_snr_plus_one`` weighs it by ``min(SNR + 1, γ)``:
         x0 ``min(SNR + 1, γ)``, v ``min(1, γ/(SNR + 1))``.
+
+        Args:
+            t: step indices ``(B,)``.
+            weighting: one of the loss weightings; None = this diffusion's ``loss_weighting``.
         """
-        if self.loss_weighting == "uniform":
+        weighting = weighting or self.loss_weighting
+        if weighting == "uniform":
             return torch.ones(t.shape, device=t.device)
         snr = self._table("snr", t)
         gamma = self.min_snr_gamma
-        if self.loss_weighting == "min_snr_plus_one":
+        if weighting == "min_snr_plus_one":
             # x0 weight min(SNR + 1, γ): v weight min(1, γ/(SNR + 1)), x0 weight itself.
             x0_weight = (snr + 1).clamp(max=gamma)
             return (x0_weight if self.prediction == "x0" else x0_weight / (snr + 1)).float()
@@ -320,7 +342,13 @@ class GaussianDiffusion:
             per_sample = sq_err.flatten(1).mean(dim=1)
         else:
             per_sample = masked_mean_per_sample(sq_err, loss_mask)
-        per_sample = per_sample * self.loss_weight(t)
+        weight = self.loss_weight(t)
+        if context is not None and self.context_loss_weighting != self.loss_weighting:
+            with_context = context.bool().any(dim=1)
+            weight = torch.where(
+                with_context, self.loss_weight(t, self.context_loss_weighting), weight
+            )
+        per_sample = per_sample * weight
         return per_sample.mean(), per_sample, t
 
 

@@ -220,21 +220,48 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
+def conditioning_channels(in_channels: int) -> int:
+    """Input channels frame conditioning adds: the mask, and the nearest given frame before and
+    after each frame (``1 + 2·C``)."""
+    return 1 + 2 * in_channels
+
+
+def nearest_given_frames(x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """For every frame of ``x (B, C, T, H, W)``, the nearest given frame at or before it and the
+    nearest at or after it, stacked on channels ``(B, 2C, T, H, W)``; zeros where there is none.
+
+    They put the given frames' pixels beside every frame, so spatial layers can continue them
+    without first learning to carry them along the temporal layers (as MCVD's channel-stacked
+    past frames do).
+    """
+    b, frames = x.shape[0], x.shape[2]
+    position = torch.arange(frames, device=x.device).expand(b, frames)
+    before = torch.where(context, position, -1).cummax(dim=1).values
+    after = torch.where(context, position, frames).flip(1).cummin(dim=1).values.flip(1)
+    refs = []
+    for index, present in ((before, before >= 0), (after, after < frames)):
+        gathered = x.gather(2, index.clamp(0, frames - 1)[:, None, :, None, None].expand_as(x))
+        refs.append(gathered * present[:, None, :, None, None].to(x.dtype))
+    return torch.cat(refs, dim=1)
+
+
 def frame_conditioning_inputs(
     x: torch.Tensor,
     t: torch.Tensor,
     context: torch.Tensor | None,
     enabled: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The denoiser input and steps for frame conditioning (FDM-style mask channel).
+    """The denoiser input and steps for frame conditioning.
 
     With ``enabled``, the bool context mask ``(B, T)`` (True = given frame; None = none given)
-    becomes one more input channel, and steps ``t (B,)`` become per-frame ``(B, T)``. Without
-    it, ``x`` and ``t`` pass unchanged, and a mask with a given frame is an error: such a model
-    never learned to read one.
+    becomes one more input channel (FDM), followed by the nearest given frames before and after
+    each frame (:func:`nearest_given_frames`), and steps ``t (B,)`` become per-frame ``(B, T)``.
+    Without it, ``x`` and ``t`` pass unchanged, and a mask with a given frame is an error: such a
+    model never learned to read one.
 
     Returns:
-        ``(x, t)``: ``x`` with ``C + 1`` channels when enabled, ``t`` as ``(B,)`` or ``(B, T)``.
+        ``(x, t)``: ``x`` with ``C + conditioning_channels(C)`` channels when enabled, ``t`` as
+        ``(B,)`` or ``(B, T)``.
     """
     b, _, frames, h, w = x.shape
     if t.dim() == 2 and t.shape != (b, frames):
@@ -254,7 +281,7 @@ def frame_conditioning_inputs(
     mask = context.to(x.dtype)[:, None, :, None, None].expand(b, 1, frames, h, w)
     if t.dim() == 1:
         t = t[:, None].expand(b, frames)
-    return torch.cat([x, mask], dim=1), t
+    return torch.cat([x, mask, nearest_given_frames(x, context)], dim=1), t
 
 
 def per_frame_labels(labels: torch.Tensor | None, frames: int) -> torch.Tensor | None:

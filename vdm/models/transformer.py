@@ -25,6 +25,7 @@ from vdm.models.layers import (
     Attention,
     ConditionEmbedder,
     Mlp,
+    conditioning_channels,
     frame_conditioning_inputs,
     per_frame_labels,
 )
@@ -154,9 +155,10 @@ class SpaceTimeTransformer(nn.Module):
         self.hidden_size = hidden_size
         self.gradient_checkpointing = gradient_checkpointing
         self.frame_conditioning = frame_conditioning
-        inputs = in_channels + int(frame_conditioning)  # + the context mask channel
+        # + the context mask and the nearest given frames
+        inputs = in_channels + (conditioning_channels(in_channels) if frame_conditioning else 0)
         self.patch_embed = nn.Linear(inputs * temporal_patch_size * patch_size**2, hidden_size)
-        if frame_conditioning:  # the mask channel's patch features come last: start at zero
+        if frame_conditioning:  # the conditioning channels' patch features come last: start at zero
             nn.init.zeros_(
                 self.patch_embed.weight[:, in_channels * temporal_patch_size * patch_size**2 :]
             )

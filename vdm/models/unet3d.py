@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from vdm.models.layers import (
     Attention,
     ConditionEmbedder,
+    conditioning_channels,
     frame_conditioning_inputs,
     per_frame_labels,
 )
@@ -264,9 +265,10 @@ class UNet3D(nn.Module):
         self.downsample_factor = patch_size * 2 ** (len(channel_mult) - 1)
         emb_dim = 4 * base_channels
         self.cond = ConditionEmbedder(emb_dim, num_classes)
-        inputs = in_channels + int(frame_conditioning)  # + the context mask channel
+        # + the context mask and the nearest given frames
+        inputs = in_channels + (conditioning_channels(in_channels) if frame_conditioning else 0)
         self.conv_in = nn.Conv2d(inputs * patch_size**2, base_channels, 3, padding=1)
-        if frame_conditioning:  # the mask's p² folded channels come last: start them at zero
+        if frame_conditioning:  # the conditioning channels (folded p²) come last: start at zero
             nn.init.zeros_(self.conv_in.weight[:, in_channels * patch_size**2 :])
 
         def level(cin: int, cout: int, factor: int) -> Level:
