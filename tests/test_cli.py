@@ -2,10 +2,12 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -147,3 +149,99 @@ def test_evaluate_command_writes_the_metrics_json(unconditional_ckpt, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "FVD " in result.stdout and f"Wrote {out}" in result.stdout
     assert json.loads(out.read_text())["protocol"]["num_generated"] == 8
+
+
+def started_training(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    """``python train.py ARGS`` in the background, returned once its steps are running."""
+    import time
+
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "VDM_DATA_DIR": str(tmp_path.parent / "data"), "WANDB_SILENT": "true"}
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *args, f"hydra.run.dir={run_dir}"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 600
+    log = run_dir / "train.log"
+    while not (log.is_file() and "Data:" in log.read_text()):  # the data set is ready
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.5)
+    time.sleep(15)  # well into the steps
+    return process, run_dir
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_checkpoints_the_step_and_exits_with_its_status(tmp_path, signum, status):
+    process, run_dir = started_training(
+        tmp_path, "debug=fast", "trainer.max_steps=100000", "trainer.val_check_interval=100000"
+    )
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == status, stderr[-2000:]
+    (saved,) = (run_dir / "checkpoints").glob("interrupted-step-*.ckpt")
+    step = step_of(saved)
+    assert step > 0 and (run_dir / "checkpoints" / "last.ckpt").resolve() == saved.resolve()
+    again = train(
+        tmp_path / "resume", "debug=fast", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"trainer.max_steps={step + 2}",
+    )  # fmt: skip
+    assert again.returncode == 0
+
+
+def test_divergence_and_bad_values_exit_1_in_one_line(tmp_path):
+    diverged = train(
+        tmp_path / "nan", "debug=fast", "optimizer.lr=1e6", "trainer.max_steps=20",
+        "trainer.val_check_interval=10", check=False,
+    )  # fmt: skip
+    assert diverged.returncode == 1
+    last_line = diverged.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("vdm: error: non-finite") and "at step" in last_line
+    for args, key in (
+        (["data.clip_len=0"], "data.clip_len=0"),
+        (["model=unet3d", "data.size=30"], "data.size=30"),
+        (["hydra.run.dir=/proc/forbidden"], "hydra.run.dir=/proc/forbidden"),
+    ):
+        result = train(tmp_path / "bad", "debug=fast", *args, check=False)
+        assert result.returncode == 1, args
+        assert result.stderr.strip().splitlines()[-1].startswith(f"vdm: error: {key}"), args
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["task=predict", "context.video=VIDEO", "context.frames=4"],
+        ["task=interpolate", "context.video=VIDEO", "context.frames=2"],
+        ["task=extend", "frames=64", "context.video=VIDEO", "context.frames=4"],
+        ["task=extend", "frames=64"],
+    ],
+    ids=["predict", "interpolate", "extend", "extend-from-nothing"],
+)
+def test_the_task_commands_as_written_in_the_issue(context_ckpt, shared_videos, tmp_path, args):
+    """``python -m vdm.sample ckpt_path=CKPT task=... context.video=PATH.mp4 ...``."""
+    video = shared_videos / "real" / "Basketball" / "basketball.mp4"
+    args = [a.replace("VIDEO", str(video)) for a in args]
+    result = subprocess.run(
+        [sys.executable, "-m", "vdm.sample", f"ckpt_path={context_ckpt}", *args,
+         "num_samples=2", "sampler.steps=3", f"out_dir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = np.load(tmp_path / "samples.npz")
+    frames = 64 if "task=extend" in args else 8
+    assert saved["videos"].shape == (2, frames, 32, 32, 3)
+    assert len(list(tmp_path.glob("sample_*.mp4"))) == 2
+
+
+def test_the_prediction_evaluation_command(context_ckpt, tmp_path):
+    """``python -m vdm.evaluate ckpt_path=CKPT task=predict context.frames=4 num_samples=N``."""
+    out = tmp_path / "predict.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "vdm.evaluate", f"ckpt_path={context_ckpt}", "task=predict",
+         "context.frames=4", "num_samples=2", "num_clips=4", "sampler.steps=2", f"out={out}"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "VDM_DATA_DIR": str(context_ckpt.parents[2] / "data")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "predict: PSNR" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["protocol"]["num_clips"] == 4 and "baseline" in report["metrics"]

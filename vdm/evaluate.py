@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, Subset
 
+from vdm.config_check import check_sample_config
 from vdm.diffusion.samplers import Sampler
 from vdm.metrics import FrechetVideoDistance
 from vdm.prediction import evaluate_context_task
@@ -80,6 +81,7 @@ def real_batches(data_cfg: DictConfig, split: str, count: int, seed: int, batch_
 
 def check_config(cfg: DictConfig) -> str:
     """The task of ``cfg``, after the checks that need nothing loaded."""
+    check_sample_config(cfg)
     task = cfg.get("task") or "generate"
     if task not in ("generate", "predict", "interpolate"):
         raise ValueError(f"Unknown task={task}: use generate, predict or interpolate.")

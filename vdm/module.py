@@ -133,6 +133,7 @@ class VideoDiffusionModule(LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         generator = self._generator(0, self.global_step, self.global_rank)
         loss, per_sample, t = self._loss(batch, generator, self.label_dropout)
+        self.last_loss = loss.detach()  # for NonFiniteGuard, before the update
         b = per_sample.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         quartile = t * QUARTILES // self.diffusion.num_steps

@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vdm.checkpoint import load_checkpoint
+from vdm.config_check import check_sample_config
 from vdm.data.dataset import read_video_start
 from vdm.diffusion.context import TASKS
 from vdm.diffusion.samplers import Sampler
@@ -246,6 +247,7 @@ def run(cfg: DictConfig) -> Path:
         raise ValueError(
             "ckpt_path is missing: python -m vdm.sample ckpt_path=<run dir>/checkpoints/last.ckpt"
         )
+    check_sample_config(cfg)
     loaded = load_run(cfg.ckpt_path, resolve_device(cfg.device))
     module = loaded.module
     task = check_task(cfg, module)

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import netrc
 import os
+import signal
 import sys
 from collections.abc import Iterator
 
@@ -15,14 +16,17 @@ from lightning import Callback, LightningDataModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import LearningRateMonitor, WeightAveraging
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from vdm.checkpoint import load_checkpoint, model_config_mismatch
+from vdm.checkpoint import AtomicCheckpointIO, load_checkpoint, model_config_mismatch
+from vdm.config_check import check_train_config
 from vdm.data.reader import VideoReadError
 from vdm.diffusion.context import ContextMasks
 from vdm.diffusion.process import GaussianDiffusion
 from vdm.diffusion.samplers import Sampler
+from vdm.guards import CheckpointOnSignal, NonFiniteTrainingError, exit_code
 from vdm.module import VideoDiffusionModule
 
 log = logging.getLogger(__name__)
@@ -145,6 +149,7 @@ def check_resume(cfg: DictConfig) -> None:
 def run(cfg: DictConfig) -> Trainer:
     """Train as ``cfg`` says and return the trainer (its ``callback_metrics`` hold the last
     logged values)."""
+    check_train_config(cfg)
     check_resume(cfg)
     seed_everything(cfg.seed, workers=True)
     log.info("Instantiating data <%s>", cfg.data._target_)
@@ -155,12 +160,19 @@ def run(cfg: DictConfig) -> Trainer:
     if not loggers:  # LearningRateMonitor refuses to run without a logger (logger=null)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)
-    trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
     log_run_info(cfg, module, trainer)
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except SIGTERMException:  # Lightning's stop after a signal: a SystemExit with status 0
+        on_signal = next((c for c in callbacks if isinstance(c, CheckpointOnSignal)), None)
+        signum = (on_signal.signum if on_signal else None) or signal.SIGTERM
+        log.error("Stopped by %s at step %d", signal.Signals(signum).name, trainer.global_step)
+        raise SystemExit(exit_code(signum)) from None
     finally:
         print_wandb_sync(loggers)
         if any(isinstance(lg, WandbLogger) for lg in loggers):
@@ -176,7 +188,7 @@ def user_errors_in_one_line() -> Iterator[None]:
     line on stderr and exit status 1; ``HYDRA_FULL_ERROR=1`` shows the traceback instead."""
     try:
         yield
-    except (FileNotFoundError, ValueError, VideoReadError) as error:
+    except (FileNotFoundError, ValueError, VideoReadError, NonFiniteTrainingError) as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"vdm: error: {error}", file=sys.stderr)

@@ -1,0 +1,254 @@
+"""A run never loses work and never reports success when it failed: divergence, signals,
+corrupt checkpoints, bad configs. Signals are raised in-process here; tests/test_cli.py sends
+them to a real `python train.py`."""
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose_config, compose_run
+from lightning import Callback
+
+from vdm.checkpoint import AtomicCheckpointIO, load_checkpoint, nonfinite_weights, sidecar_of
+from vdm.config_check import ConfigError
+from vdm.guards import NonFiniteTrainingError
+from vdm.sample import run as sample
+from vdm.train import run
+
+COMMON = [
+    "callbacks.ema.update_starting_at_step=1",
+    "lr_scheduler.total_steps=6",
+    "trainer.val_check_interval=6",
+]
+
+
+class AtStep(Callback):
+    """Calls ``action(trainer)`` once, in the middle of training step ``step`` (after backward,
+    before the update)."""
+
+    def __init__(self, step: int, action) -> None:
+        self.step, self.action, self.done = step, action, False
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if trainer.global_step == self.step and not self.done:
+            self.done = True
+            self.action(trainer, pl_module)
+
+
+def train(tmp_path: Path, *overrides: str, extra: list[Callback] = ()):
+    """``run`` with extra callbacks added to the composed run."""
+    cfg = compose_run(tmp_path, *overrides)
+    if extra:
+        from vdm import train as train_module
+
+        build = train_module.build_callbacks
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(train_module, "build_callbacks", lambda c: [*build(c), *extra])
+            return run(cfg)
+    return run(cfg)
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("*.ckpt"))
+
+
+# -- divergence --------------------------------------------------------------------------------
+
+
+def test_a_diverging_run_stops_in_one_line_and_keeps_only_finite_checkpoints(tmp_path):
+    with pytest.raises(NonFiniteTrainingError) as caught:
+        train(tmp_path, "optimizer.lr=1e6", "trainer.max_steps=20", "trainer.val_check_interval=10")
+    message = str(caught.value)
+    assert "\n" not in message and "non-finite" in message and "at step" in message
+    assert "optimizer.lr" in message  # says what to change
+    for path in checkpoints(tmp_path):
+        assert nonfinite_weights(torch.load(path, weights_only=True)) == [], path
+
+
+def test_a_nonfinite_gradient_is_caught_before_the_update(tmp_path):
+    def poison(trainer, module):
+        next(module.parameters()).grad.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteTrainingError, match="gradient norm.*at step 3") as caught:
+        train(tmp_path, *COMMON[:2], "trainer.max_steps=6", "trainer.val_check_interval=2",
+              extra=[AtStep(3, poison)])  # fmt: skip
+    assert "last finite loss" in str(caught.value) and "step 2" in str(caught.value)
+    kept = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert kept["global_step"] == 2  # the newest checkpoint, finite, is still there
+
+
+def test_skip_mode_drops_the_update_counts_it_and_carries_on(tmp_path):
+    weights = {}
+
+    def poison(trainer, module):
+        weights["before"] = [p.detach().clone() for p in module.denoiser.parameters()]
+        next(module.parameters()).grad.fill_(float("nan"))
+
+    class After(Callback):
+        def on_train_batch_end(self, trainer, module, *args):
+            if trainer.global_step == 4 and "after" not in weights:  # step 3 ended
+                weights["after"] = [p.detach().clone() for p in module.denoiser.parameters()]
+
+    trainer = train(
+        tmp_path, *COMMON, "trainer.max_steps=6", "callbacks.nonfinite.mode=skip",
+        extra=[AtStep(3, poison), After()],
+    )  # fmt: skip
+    assert trainer.global_step == 6
+    for before, after in zip(weights["before"], weights["after"], strict=True):
+        assert torch.equal(before, after)  # the poisoned step changed nothing
+    assert float(trainer.callback_metrics["train/nonfinite_steps"]) == 1.0
+
+
+def test_skip_mode_stops_after_too_many_in_a_row(tmp_path):
+    with pytest.raises(NonFiniteTrainingError, match="3 in a row"):
+        train(tmp_path, "optimizer.lr=1e6", "trainer.max_steps=20",
+              "callbacks.nonfinite.mode=skip", "callbacks.nonfinite.max_skips=3")  # fmt: skip
+
+
+# -- signals -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_mid_step_checkpoints_that_step_and_resumes_exactly(tmp_path, signum, status):
+    """The signal arrives inside step 3 (after backward): the step finishes, its checkpoint is
+    written, the run exits 128 + signal; resumed, it ends bit-identical to an uninterrupted one."""
+    send = AtStep(3, lambda trainer, module: os.kill(os.getpid(), signum))
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as caught:
+        train(tmp_path / "first", *COMMON, "trainer.max_steps=6", extra=[send])
+    assert caught.value.code == status
+    saved = tmp_path / "first" / "checkpoints" / "interrupted-step-000004.ckpt"
+    assert load_checkpoint(saved)["global_step"] == 4  # step 3 (0-based) completed
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    assert last.resolve() == saved.resolve()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+
+    run(compose_run(tmp_path / "resumed", *COMMON, "trainer.max_steps=6", f"ckpt_path={last}"))
+    run(compose_run(tmp_path / "full", *COMMON, "trainer.max_steps=6"))
+    full = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.ckpt")
+    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    for key in ("state_dict", "current_model_state"):
+        for name, value in full[key].items():
+            assert torch.equal(value, resumed[key][name]), (key, name)
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def written(tmp_path) -> Path:
+    """A real checkpoint of a 2-step run, with its checksum sidecar."""
+    run(compose_run(tmp_path, "trainer.max_steps=2", "trainer.val_check_interval=2"))
+    return tmp_path / "checkpoints" / "last.ckpt"
+
+
+def test_checkpoints_have_a_checksum_and_load(written):
+    sidecar = sidecar_of(written)
+    assert sidecar.name == "step-000002.ckpt.sha256"
+    digest, name = sidecar.read_text().split()
+    assert name == "step-000002.ckpt" and len(digest) == 64
+    assert load_checkpoint(written)["global_step"] == 2
+
+
+def test_a_corrupted_checkpoint_is_refused_in_one_line(written, tmp_path):
+    real = written.resolve()
+    data = bytearray(real.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = os.urandom(4096)
+    real.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="is corrupt") as caught:
+        load_checkpoint(written)
+    assert "\n" not in str(caught.value) and str(written) in str(caught.value)
+    with pytest.raises(ValueError, match="is corrupt"):  # resuming: before any work
+        run(compose_run(tmp_path / "resume", f"ckpt_path={written}"))
+    with pytest.raises(ValueError, match="is corrupt"):
+        sample(compose_config("sample", f"ckpt_path={written}", f"out_dir={tmp_path / 's'}"))
+
+
+def test_a_checkpoint_with_nonfinite_weights_is_refused(written, tmp_path):
+    checkpoint = torch.load(written, weights_only=True)
+    name = next(iter(checkpoint["state_dict"]))
+    checkpoint["state_dict"][name] = checkpoint["state_dict"][name] * float("nan")
+    bad = tmp_path / "nan.ckpt"
+    torch.save(checkpoint, bad)
+    with pytest.raises(ValueError, match="non-finite weights"):
+        load_checkpoint(bad)
+
+
+def test_an_older_checkpoint_without_checksum_loads_with_a_warning(written, tmp_path, caplog):
+    older = tmp_path / "older.ckpt"
+    older.write_bytes(written.read_bytes())
+    with caplog.at_level(logging.WARNING):
+        assert load_checkpoint(older)["global_step"] == 2
+    assert "no checksum file" in caplog.text
+
+
+def test_a_kill_during_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1}, path)
+    before = path.read_bytes()
+
+    def killed(obj, file):
+        file.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # the process dies in the middle of writing
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2}, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.sha256"]
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    io.remove_checkpoint(path)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- configs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.clip_len=0"], "data.clip_len=0: must be a number >= 1"),
+        (["model=unet3d", "data.size=30"], "data.size=30: UNet3D needs a multiple of 8"),
+        (["model=transformer_tiny", "data.size=30"], "needs a multiple of 4"),
+        (["model=transformer_tiny", "model.temporal_patch_size=3"], "data.clip_len=8"),
+        (["data.batch_size=0"], "data.batch_size=0"),
+        (["data.num_workers=-1"], "data.num_workers=-1"),
+        (["data.frame_stride=0"], "data.frame_stride=0"),
+        (["sampler.steps=5000"], r"sampler.steps=5000: must be in \[1, 1000\]"),
+        (["callbacks.sample_videos.guidance_scale=-1"], "guidance_scale=-1: must be >= 0"),
+    ],
+)
+def test_bad_values_fail_before_any_work_in_one_line(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        run(compose_run(tmp_path / "run", *overrides))
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "data").exists()  # nothing rendered
+
+
+def test_an_unwritable_run_folder_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="not a writable folder"):
+        run(compose_run(tmp_path / "file" / "run"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["guidance_scale=-1"], "guidance_scale=-1: must be >= 0"),
+        (["num_samples=0"], "num_samples=0"),
+        (["batch_size=0"], "batch_size=0"),
+        (["sampler.steps=0"], "sampler.steps=0"),
+    ],
+)
+def test_bad_sampling_values_are_one_line(conditional_ckpt, tmp_path, overrides, message):
+    cfg = compose_config("sample", f"ckpt_path={conditional_ckpt}", f"out_dir={tmp_path}",
+                         *overrides)  # fmt: skip
+    with pytest.raises(ConfigError, match=message):
+        sample(cfg)
+    assert not list(tmp_path.iterdir())

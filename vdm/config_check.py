@@ -1,0 +1,124 @@
+"""One pass over a composed config before any work starts: each bad value is one line naming the
+key, its value and what is allowed, before data is rendered or a process is spawned."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and what is allowed."""
+
+
+def _get(cfg: DictConfig, key: str):
+    return OmegaConf.select(cfg, key, default=None)
+
+
+def at_least(cfg: DictConfig, key: str, minimum: int | float, what: str) -> None:
+    value = _get(cfg, key)
+    if value is not None and (not isinstance(value, int | float) or value < minimum):
+        raise ConfigError(f"{key}={value}: must be a number >= {minimum} ({what}).")
+
+
+def check_guidance(key: str, value: float | None) -> None:
+    """Classifier-free guidance scale: ≥ 0 (0 = unconditional, 1 = conditional only)."""
+    if value is not None and (not isinstance(value, int | float) or value < 0):
+        raise ConfigError(
+            f"{key}={value}: must be >= 0 (0 = the unconditional model, 1 = the conditional "
+            "model alone, above 1 = guided)."
+        )
+
+
+def model_divisors(model: DictConfig) -> tuple[int, int]:
+    """What the frame size and the clip length must be divisible by for this denoiser."""
+    target = str(model.get("_target_", ""))
+    if target.endswith("UNet3D"):
+        factor = int(model.get("patch_size", 1)) * 2 ** (len(model.get("channel_mult", [1])) - 1)
+        return factor, 1
+    if target.endswith("SpaceTimeTransformer"):
+        return int(model.get("patch_size", 1)), int(model.get("temporal_patch_size", 1))
+    return 1, 1
+
+
+def check_writable(key: str, folder: str | os.PathLike[str]) -> None:
+    """Create ``folder`` and write a file in it, or fail in one line naming ``key``."""
+    path = Path(folder).expanduser()
+    probe = path / f".vdm-write-test-{uuid.uuid4().hex}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(
+            f"{key}={folder} is not a writable folder ({error.strerror or error}): pick another "
+            "(hydra.run.dir=..., or VDM_LOG_DIR=... for every run)."
+        ) from None
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Check what ``python train.py`` would otherwise find out late (or deep in a library)."""
+    for key, minimum, what in (
+        ("data.size", 1, "frame height and width in pixels"),
+        ("data.clip_len", 1, "frames per training clip"),
+        ("data.frame_stride", 1, "take every n-th frame"),
+        ("data.batch_size", 1, "clips per batch on each device"),
+        ("data.num_workers", 0, "0 decodes in the main process"),
+        ("data.num_train", 1, "clips to render"),
+        ("data.num_val", 1, "clips to render"),
+        ("trainer.max_steps", 1, "optimizer steps"),
+        ("trainer.accumulate_grad_batches", 1, "batches per optimizer step"),
+        ("callbacks.sample_videos.num_samples", 1, "clips per validation"),
+    ):
+        at_least(cfg, key, minimum, what)
+    size, clip_len = _get(cfg, "data.size"), _get(cfg, "data.clip_len")
+    space, time = model_divisors(cfg.model)
+    if size is not None and size % space:
+        model = cfg.model._target_.rsplit(".", 1)[-1]
+        nearest = max(space, size // space * space)
+        raise ConfigError(
+            f"data.size={size}: {model} needs a multiple of {space} (its patch size and "
+            f"downsampling): e.g. data.size={nearest}."
+        )
+    if clip_len is not None and clip_len % time:
+        raise ConfigError(
+            f"data.clip_len={clip_len}: model.temporal_patch_size={time} needs a multiple of "
+            f"{time}: e.g. data.clip_len={max(time, clip_len // time * time)}."
+        )
+    steps, num_steps = _get(cfg, "sampler.steps"), _get(cfg, "schedule.num_steps")
+    if steps is not None and num_steps is not None and not 1 <= steps <= num_steps:
+        raise ConfigError(
+            f"sampler.steps={steps}: must be in [1, {num_steps}] (schedule.num_steps)."
+        )
+    check_guidance("callbacks.sample_videos.guidance_scale",
+                   _get(cfg, "callbacks.sample_videos.guidance_scale"))  # fmt: skip
+    try:
+        output_dir = _get(cfg, "paths.output_dir")
+    except ValueError:  # ${hydra:...} outside a Hydra run: nothing to check
+        output_dir = None
+    if output_dir:
+        check_writable("hydra.run.dir", output_dir)
+
+
+def check_sample_config(cfg: DictConfig) -> None:
+    """Check the keys ``conf/sample.yaml`` and ``conf/evaluate.yaml`` share."""
+    for key, minimum, what in (
+        ("num_samples", 1, "clips to sample"),
+        ("batch_size", 1, "clips per forward pass"),
+        ("frames", 1, "frames per clip"),
+        ("num_clips", 1, "real clips to score"),
+        ("num_real", 1, "real clips for FVD"),
+        ("context.frames", 1, "frames given"),
+        ("extend.window", 2, "frames per window"),
+        ("extend.overlap", 1, "frames each window is given"),
+        ("fps", 1, "frame rate of the written files"),
+        ("upscale", 1, "nearest-neighbour factor"),
+    ):
+        at_least(cfg, key, minimum, what)
+    check_guidance("guidance_scale", _get(cfg, "guidance_scale"))
+    steps = _get(cfg, "sampler.steps")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ConfigError(f"sampler.steps={steps}: must be an integer >= 1.")
