@@ -101,6 +101,19 @@ def test_folder_config_reaches_the_data_module(shared_videos):
         instantiate(compose_data("data=folder"))
 
 
+def test_split_files_reach_the_data_module(shared_videos, tmp_path):
+    (tmp_path / "train.txt").write_text("Other/mmaction2_part_0.mp4\nOther/mmaction2_test.avi\n")
+    (tmp_path / "val.txt").write_text("Wave/TrumanShow_wave_f_nm_np1_fr_med_26.avi\n")
+    args = ["data=folder", f"data.root={shared_videos / 'real'}", "data.size=16",
+            "data.clip_len=4", "data.num_workers=0"]  # fmt: skip
+    dm = instantiate(compose_data(*args, f"data.split_files.train={tmp_path / 'train.txt'}",
+                                  f"data.split_files.val={tmp_path / 'val.txt'}"))  # fmt: skip
+    dm.setup()
+    assert (len(dm.train_set), len(dm.val_set)) == (2, 1)
+    with pytest.raises(Exception, match="set both train and val"):
+        instantiate(compose_data(*args, f"data.split_files.train={tmp_path / 'train.txt'}"))
+
+
 def test_wrong_class_count_and_missing_root_name_the_fix(shared_videos, tmp_path):
     dm = VideoDataModule(shared_videos / "real", num_classes=5, clip_len=4, size=16)
     with pytest.raises(ValueError, match="set data.num_classes=7"):

@@ -82,6 +82,51 @@ def test_presplit_folder_is_used_as_is(tmp_path, shared_videos):
     assert val[0]["label"].item() == 0
 
 
+def test_split_files_pick_the_files_of_each_split(tmp_path, shared_videos):
+    """UCF-101's format: trainlist lines carry a class index, testlist lines do not."""
+    root = shared_videos / "real"
+    (tmp_path / "trainlist01.txt").write_text(
+        "Wave/TrumanShow_wave_f_nm_np1_fr_med_26.avi 7\r\n"
+        "Other/mmaction2_part_0.mp4 5\r\n"
+        "\r\n"
+        "Cartwheel/hmdb51_Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6.avi 2\r\n"
+    )
+    (tmp_path / "testlist01.txt").write_text(
+        "Other/mmaction2_test.avi\nWave/RATRACE_wave_f_nm_np1_fr_goo_37.avi\n"
+    )
+    train = VideoClipDataset(root, clip_len=4, size=16, split="train",
+                             split_file=tmp_path / "trainlist01.txt")  # fmt: skip
+    val = VideoClipDataset(root, clip_len=4, size=16, split="val",
+                           split_file=tmp_path / "testlist01.txt")  # fmt: skip
+    assert sorted(r.path for r in train.records) == [
+        "Cartwheel/hmdb51_Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6.avi",
+        "Other/mmaction2_part_0.mp4",
+        "Wave/TrumanShow_wave_f_nm_np1_fr_med_26.avi",
+    ]
+    assert sorted(r.path for r in val.records) == [
+        "Other/mmaction2_test.avi",
+        "Wave/RATRACE_wave_f_nm_np1_fr_goo_37.avi",
+    ]
+    # Labels from the 7 class folders of the whole root, the same in both splits.
+    assert train.classes == val.classes and len(train.classes) == 7
+    wave = train.classes.index("Wave")
+    assert {r.label for r in val.records if r.path.startswith("Wave/")} == {wave}
+
+
+def test_split_file_problems_are_named(tmp_path, shared_videos):
+    root = shared_videos / "real"
+    listing = tmp_path / "list.txt"
+    listing.write_text("Other/mmaction2_part_0.mp4\nOther/missing.avi\n")
+    with pytest.warns(UserWarning, match="Other/missing.avi: listed in list.txt but not found"):
+        ds = VideoClipDataset(root, clip_len=4, size=16, split="train", split_file=listing)
+    assert [r.path for r in ds.records] == ["Other/mmaction2_part_0.mp4"]
+    with pytest.raises(FileNotFoundError, match="data.split_files"):
+        VideoClipDataset(root, split="train", split_file=tmp_path / "absent.txt")
+    listing.write_text("Other/mmaction2_part_0.mp4 one two\n")
+    with pytest.raises(ValueError, match="list.txt:1: expected"):
+        VideoClipDataset(root, split="train", split_file=listing)
+
+
 @pytest.fixture
 def mixed_folder(tmp_path, shared_videos):
     """Two good clips next to copies of every broken file."""

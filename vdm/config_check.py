@@ -72,6 +72,7 @@ def check_train_config(cfg: DictConfig) -> None:
         ("trainer.max_steps", 1, "optimizer steps"),
         ("trainer.accumulate_grad_batches", 1, "batches per optimizer step"),
         ("callbacks.sample_videos.num_samples", 1, "clips per validation"),
+        ("callbacks.sample_videos.batch_size", 1, "clips per forward pass"),
     ):
         at_least(cfg, key, minimum, what)
     size, clip_len = _get(cfg, "data.size"), _get(cfg, "data.clip_len")
@@ -93,6 +94,17 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"sampler.steps={steps}: must be in [1, {num_steps}] (schedule.num_steps)."
         )
+    split_files = _get(cfg, "data.split_files") or {}
+    given = sorted(k for k, v in split_files.items() if v is not None)
+    if given and given != ["train", "val"]:
+        raise ConfigError(
+            f"data.split_files.{given[0]} is set alone: set both data.split_files.train and "
+            "data.split_files.val (e.g. UCF-101's trainlist01.txt and testlist01.txt)."
+        )
+    for split in given:
+        path = Path(split_files[split]).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"data.split_files.{split}={path}: no such file.")
     check_guidance("callbacks.sample_videos.guidance_scale",
                    _get(cfg, "callbacks.sample_videos.guidance_scale"))  # fmt: skip
     try:

@@ -35,8 +35,8 @@ class VideoDataModule(LightningDataModule):
         >>> trainer.fit(model, datamodule=dm)
 
     Args:
-        root: folder of videos; class sub-folders give labels; ``train/`` + ``val/`` folders
-            are used as the split, otherwise files are split by a hash of their path.
+        root: folder of videos; class sub-folders give labels; ``split_files`` or ``train/`` +
+            ``val/`` folders give the split, otherwise files are split by a hash of their path.
         clip_len: frames per clip.
         frame_stride: take every ``frame_stride``-th frame.
         size: clip height and width (short side resized while decoding, then cropped).
@@ -45,6 +45,9 @@ class VideoDataModule(LightningDataModule):
         pin_memory: page-locked batches for faster host-to-GPU copies (GPU runs).
         persistent_workers: keep workers alive between epochs (saves their start-up time).
         val_fraction: share of files used for validation when the folder is not pre-split.
+        split_files: ``{"train": path, "val": path}`` (both None: none): the files of each split
+            (UCF-101's ``trainlist01.txt`` / ``testlist01.txt``), instead of the hash split
+            that puts clips of one UCF-101 group (same actor, same scene) on both sides.
         short_video: ``skip``, ``loop`` or ``repeat_last`` for videos shorter than one clip.
         num_classes: the class count the model expects; 0 trains unconditionally; a positive
             value must match the number of class folders.
@@ -64,6 +67,7 @@ class VideoDataModule(LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = True,
         val_fraction: float = 0.1,
+        split_files: dict[str, str | Path] | None = None,
         short_video: str = "skip",
         num_classes: int = 0,
         channels: int = 3,
@@ -78,6 +82,14 @@ class VideoDataModule(LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.val_fraction, self.short_video = val_fraction, short_video
+        split_files = {k: v for k, v in (split_files or {}).items() if v is not None}
+        self.split_files = split_files or None  # all None: no split files
+        if self.split_files is not None and set(self.split_files) != {"train", "val"}:
+            raise ValueError(
+                f"data.split_files sets {', '.join(sorted(self.split_files))}: set both train "
+                "and val, e.g. data.split_files.train=/data/ucfTrainTestlist/trainlist01.txt "
+                "data.split_files.val=/data/ucfTrainTestlist/testlist01.txt."
+            )
         self.num_classes, self.channels = num_classes, channels
         self.cache_dir, self.seed = cache_dir, seed
         self.train_set: VideoClipDataset | None = None
@@ -102,6 +114,7 @@ class VideoDataModule(LightningDataModule):
             self.size,
             split=split,
             val_fraction=self.val_fraction,
+            split_file=self.split_files[split] if self.split_files else None,
             short_video=self.short_video,
             cache_dir=self.cache_dir,
         )

@@ -58,14 +58,40 @@ def read_video_start(
     return np.ascontiguousarray(frames[:, top : top + size, left : left + size])
 
 
+def read_split_file(path: str | Path) -> set[str]:
+    """The relative paths a split file lists (UCF-101's ``trainlist01.txt`` format: a path per
+    line, optionally followed by a class index; blank lines are skipped)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Split file {path} does not exist: set data.split_files.train / .val to lists "
+            "such as UCF-101's trainlist01.txt and testlist01.txt."
+        )
+    listed = set()
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) > 2 or (len(fields) == 2 and not fields[1].isdigit()):
+            raise ValueError(
+                f"{path}:{number}: expected 'relative/path.avi' or 'relative/path.avi 3', got "
+                f"{line.strip()!r}."
+            )
+        listed.add(fields[0].replace("\\", "/").lstrip("/"))
+    if not listed:
+        raise ValueError(f"Split file {path} lists no files.")
+    return listed
+
+
 class VideoClipDataset(Dataset):
     """Clips of ``clip_len`` frames from every readable video under ``root``.
 
     Labels come from the first-level sub-folder names (sorted: the first is 0); a flat folder
     is unlabelled and its samples carry no ``"label"``. A root holding ``train/`` and ``val/``
-    folders is taken as already split; otherwise a file's split comes from a stable hash of its
-    path. Unreadable and too-short files are left out and reported in one warning. A file that
-    fails later, at read time, is logged once and replaced by another sample.
+    folders is taken as already split; a ``split_file`` (UCF-101's official lists) picks the
+    files instead; otherwise a file's split comes from a stable hash of its path. Unreadable and
+    too-short files are left out and reported in one warning. A file that fails later, at read
+    time, is logged once and replaced by another sample.
 
     Each sample is ``{"video": float (C, T, H, W) in [-1, 1], "label": long, "fps": float}``,
     where ``fps`` is the clip's frame rate (the video's divided by ``frame_stride``).
@@ -83,6 +109,11 @@ class VideoClipDataset(Dataset):
             decoding) and cropped square.
         split: ``train``, ``val``, or None for every file.
         val_fraction: share of files in ``val`` when the split comes from the hash.
+        split_file: a list of the files in ``split`` (UCF-101's ``trainlist01.txt`` /
+            ``testlist01.txt`` format: one path relative to ``root`` per line, optionally
+            followed by a class index, which is not used: labels come from the class folders).
+            It replaces the hash split; files it lists that are not under ``root`` are
+            reported in the warning.
         augment: random clip start, random crop and horizontal flip; default: on for ``train``
             only (validation then sees the same centred clip every time).
         short_video: ``skip``, ``loop`` or ``repeat_last`` for videos shorter than a clip.
@@ -100,6 +131,7 @@ class VideoClipDataset(Dataset):
         size: int = 32,
         split: str | None = None,
         val_fraction: float = 0.1,
+        split_file: str | Path | None = None,
         augment: bool | None = None,
         short_video: str = "skip",
         cache_dir: str | Path | None = None,
@@ -126,13 +158,21 @@ class VideoClipDataset(Dataset):
             p = rel.split("/")
             return p[1:] if presplit and p[0] in SPLITS else p
 
+        listed = read_split_file(split_file) if split_file is not None else None
         labelled = any(len(parts(rel)) > 1 for rel in index.rel_paths)
         self.classes = sorted({parts(rel)[0] for rel in index.rel_paths if len(parts(rel)) > 1})
         problems = dict(index.problems)
         self.records: list[VideoRecord] = []
         span = clip_span(clip_len, frame_stride)
+        if listed is not None:
+            on_disk = set(index.rel_paths)
+            for rel in sorted(listed - on_disk):
+                problems[rel] = f"listed in {Path(split_file).name} but not found under the root"
         for rel in index.rel_paths:
-            if split is not None:
+            if listed is not None:
+                if rel not in listed:
+                    continue
+            elif split is not None:
                 in_split = (
                     rel.split("/")[0] == split
                     if presplit
