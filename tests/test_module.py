@@ -91,3 +91,40 @@ def test_warmup_then_cosine_to_the_floor():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert lrs[60] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lrs[110] == pytest.approx(0.1) and lrs[129] == pytest.approx(0.1)
+
+
+class StepSpy(torch.nn.Module):
+    """An unconditional denoiser that records the noised input and timesteps of each call."""
+
+    num_classes = 0
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.seen = []
+
+    def forward(self, x, t, labels=None):
+        self.seen.append((x.detach().clone(), t.clone()))
+        return x * self.weight
+
+
+def test_the_micro_batches_of_one_step_draw_their_own_timesteps_and_noise():
+    from lightning import Trainer
+
+    spy = StepSpy()
+    module = make_module(spy)
+    # The same (all-zero) clips in every batch: only the drawn t and ε can tell batches apart.
+    loader = torch.utils.data.DataLoader([{"video": torch.zeros(1, 2, 4, 4)}] * 16, batch_size=8)
+    trainer = Trainer(
+        max_steps=2, accumulate_grad_batches=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(module, loader)
+    assert trainer.global_step == 2 and len(spy.seen) == 4  # 2 steps × 2 micro-batches
+    (x0, t0), (x1, t1) = spy.seen[:2]  # the two micro-batches of step 0
+    assert not torch.equal(t0, t1) and not torch.equal(x0, x1)
+    # The first micro-batch draws what a run without accumulation draws at that step.
+    plain = make_module(StepSpy())
+    plain.training_step({"video": torch.zeros(8, 1, 2, 4, 4)}, 0)
+    x_plain, t_plain = plain.denoiser.seen[-1]
+    assert torch.equal(t0, t_plain) and torch.equal(x0, x_plain)

@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from vdm.diffusion.context import task_mask
 from vdm.diffusion.samplers import Sampler
-from vdm.generation import side_by_side
+from vdm.generation import sample_videos, side_by_side
 from vdm.video_io import to_uint8, write_clips
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,10 @@ class SampleVideos(Callback):
             show the model improving rather than new noise.
         prediction_frames: frames given in the prediction grid; None = half the clip, 0 = no
             prediction grid (it is only made for frame-conditioned models).
+        batch_size: clips per forward pass (guidance doubles it): a large grid of a large
+            model is sampled in chunks instead of all at once. Clip ``i`` starts from noise
+            seeded by ``(seed, i)``, so a deterministic sampler (DDIM, DPM-Solver++) gives the
+            same clips for any ``batch_size``.
     """
 
     def __init__(
@@ -55,11 +59,14 @@ class SampleVideos(Callback):
         upscale: int = 4,
         seed: int = 0,
         prediction_frames: int | None = None,
+        batch_size: int = 8,
     ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"callbacks.sample_videos.batch_size={batch_size}: must be >= 1.")
         self.sampler, self.dirpath = sampler, Path(dirpath)
         self.num_samples, self.guidance_scale = num_samples, guidance_scale
         self.num_frames, self.fps, self.upscale, self.seed = num_frames, fps, upscale, seed
-        self.prediction_frames = prediction_frames
+        self.prediction_frames, self.batch_size = prediction_frames, batch_size
         self._clip_shape: tuple[int, ...] | None = None
         self._real: dict | None = None  # fixed validation clips for the prediction grid
         self._real_complete = False
@@ -114,19 +121,18 @@ class SampleVideos(Callback):
     def sample(self, pl_module: LightningModule) -> tuple[np.ndarray, torch.Tensor | None]:
         """uint8 ``(N, T, H, W, 3)`` samples, and their labels (None if unconditional)."""
         c, t, h, w = self._clip_shape
-        t = self.num_frames or t
         labels = None
         n = self.num_samples
         if pl_module.num_classes:
-            labels = torch.arange(pl_module.num_classes, device=pl_module.device)
-            labels = labels.repeat_interleave(self.num_samples)
+            labels = torch.arange(pl_module.num_classes).repeat_interleave(self.num_samples)
             n = len(labels)
-        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         # Guidance needs labels: unconditional models (e.g. a flat folder) sample without it.
         scale = self.guidance_scale if labels is not None else 1.0
-        videos = pl_module.generate(
-            self.sampler, (n, c, t, h, w), labels=labels, guidance_scale=scale, generator=generator
-        )
+        videos = sample_videos(
+            pl_module, self.sampler, (c, self.num_frames or t, h, w),
+            None if labels is None else labels.tolist(), n, self.batch_size,
+            guidance_scale=scale, seed=self.seed,
+        )  # fmt: skip
         return to_uint8(videos), labels
 
     @torch.no_grad()
@@ -145,11 +151,11 @@ class SampleVideos(Callback):
         labels = None
         if pl_module.num_classes and "label" in self._real:
             labels = self._real["label"].to(pl_module.device)
-        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         scale = self.guidance_scale if labels is not None else 1.0
-        videos = pl_module.generate(
-            self.sampler, tuple(real.shape), labels=labels, guidance_scale=scale,
-            generator=generator, context=(given, mask),
+        videos = sample_videos(
+            pl_module, self.sampler, tuple(real.shape[1:]),
+            None if labels is None else labels.tolist(), len(real), self.batch_size,
+            guidance_scale=scale, seed=self.seed, context=(given, mask),
         )  # fmt: skip
         return side_by_side(*(to_uint8(v) for v in (given, videos, real)))
 

@@ -13,6 +13,7 @@ from torch import nn
 from vdm.diffusion.context import ContextMasks
 from vdm.diffusion.process import GaussianDiffusion
 from vdm.diffusion.samplers import Sampler, guided
+from vdm.optim import parameter_groups
 
 QUARTILES = 4  # train/loss_q0..q3: loss per quarter of the timestep range
 
@@ -29,7 +30,9 @@ class VideoDiffusionModule(LightningModule):
     the other frames count in the loss.
 
     Randomness of a training step (timesteps, noise, label dropout) comes from
-    ``(seed, global_step, rank)``, so a resumed run continues exactly as the uninterrupted one.
+    ``(seed, global_step, rank, micro-batch)``, so a resumed run continues exactly as the
+    uninterrupted one, and the micro-batches of one step (``trainer.accumulate_grad_batches``)
+    draw different timesteps and noise.
     EMA is not kept here: Lightning's ``EMAWeightAveraging`` callback does it, and checkpoints
     then hold the EMA weights in ``state_dict``.
 
@@ -100,6 +103,15 @@ class VideoDiffusionModule(LightningModule):
         seed = int(state[0]) << 32 | int(state[1])
         return torch.Generator(device=self.device).manual_seed(seed & (2**63 - 1))
 
+    def _micro_batch(self, batch_idx: int) -> tuple[int, ...]:
+        """The micro-batch's index within its optimizer step, as a seed key: ``()`` for the
+        first (so a run without accumulation draws what it always drew), ``(i,)`` for the
+        ``i``-th. Lightning steps after every ``accumulate_grad_batches`` batches of an epoch."""
+        trainer = self._trainer
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+        micro = batch_idx % accumulate
+        return (micro,) if micro else ()
+
     def _labels(self, batch: dict) -> torch.Tensor | None:
         if self.num_classes == 0:
             return None
@@ -131,7 +143,9 @@ class VideoDiffusionModule(LightningModule):
         )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        generator = self._generator(0, self.global_step, self.global_rank)
+        generator = self._generator(
+            0, self.global_step, self.global_rank, *self._micro_batch(batch_idx)
+        )
         loss, per_sample, t = self._loss(batch, generator, self.label_dropout)
         self.last_loss = loss.detach()  # for NonFiniteGuard, before the update
         b = per_sample.shape[0]
@@ -151,7 +165,10 @@ class VideoDiffusionModule(LightningModule):
 
     def configure_optimizers(self) -> dict:
         model = self.trainer.model if self._trainer is not None else self
-        optimizer = self.optimizer_factory(model.parameters())
+        optimizer = self.optimizer_factory(parameter_groups(model))
+        if not optimizer.defaults.get("weight_decay"):
+            # Nothing is decayed: one group, as checkpoints written before the groups hold.
+            optimizer = self.optimizer_factory(model.parameters())
         if self.lr_scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.lr_scheduler_factory(optimizer)

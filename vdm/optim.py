@@ -1,9 +1,11 @@
-"""Learning-rate schedules used through Hydra partials (``conf/train.yaml: lr_scheduler``)."""
+"""Optimizer parameter groups and learning-rate schedules (``conf/train.yaml: optimizer`` and
+``lr_scheduler``, Hydra partials)."""
 
 from __future__ import annotations
 
 import math
 
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -28,3 +30,27 @@ def warmup_cosine(
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
+
+
+# Modules whose weights are scales, offsets or lookup rows, not projections: decaying them
+# towards zero only hurts (the usual practice in GPT, DiT and diffusers' training scripts).
+NO_DECAY_MODULES = (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+
+
+def parameter_groups(model: nn.Module) -> list[dict]:
+    """``[{"params": decayed}, {"params": not_decayed, "weight_decay": 0.0}]`` for an optimizer.
+
+    Not decayed: biases and every other parameter of fewer than 2 dimensions, and all the
+    parameters of embeddings and normalisation layers. Everything else (the weights of linear
+    and convolution layers) takes the optimizer's ``weight_decay``. Empty groups are left out.
+    """
+    no_decay = {
+        id(p) for m in model.modules() if isinstance(m, NO_DECAY_MODULES) for p in m.parameters()
+    }
+    decayed, not_decayed = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (not_decayed if p.ndim < 2 or id(p) in no_decay else decayed).append(p)
+    groups = [{"params": decayed}, {"params": not_decayed, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
