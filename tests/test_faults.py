@@ -147,7 +147,7 @@ def written(tmp_path) -> Path:
 
 def test_checkpoints_have_a_checksum_and_load(written):
     sidecar = sidecar_of(written)
-    assert sidecar.name == "step-000002.ckpt.sha256"
+    assert sidecar.name == "step-000002.ckpt.checksum"
     digest, name = sidecar.read_text().split()
     assert name == "step-000002.ckpt" and len(digest) == 64
     assert load_checkpoint(written)["global_step"] == 2
@@ -200,7 +200,7 @@ def test_a_kill_during_save_leaves_the_previous_checkpoint_whole(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         io.save_checkpoint({"step": 2}, path)
     assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.checksum"]
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"step": 1}
     io.remove_checkpoint(path)

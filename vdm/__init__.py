@@ -1,3 +1,6 @@
 """vdm: train video diffusion models with PyTorch Lightning and Hydra."""
 
 __version__ = "0.1.0"
+
+# Registers ${vdm_run_name:...}, which conf/hydra/default.yaml names run folders with.
+from vdm import run_name as _run_name  # noqa: F401

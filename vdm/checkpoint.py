@@ -1,5 +1,5 @@
-"""vdm checkpoints: written atomically with a SHA-256 sidecar, read safely (``weights_only=True``,
-checksum and finite weights verified) with one-line errors."""
+"""vdm checkpoints: written atomically with a SHA-256 sidecar (``.checksum``), read safely
+(``weights_only=True``, checksum and finite weights verified) with one-line errors."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ from lightning.fabric.plugins import TorchCheckpointIO
 
 log = logging.getLogger(__name__)
 
+# The sidecar's suffix. Not ".sha256": Lightning numbers hpc_ckpt_<n>.ckpt from every digit
+# after "hpc_ckpt_" in a file name, so "hpc_ckpt_1.ckpt.sha256" would read as checkpoint 1256.
+SIDECAR_SUFFIX = ".checksum"
+
 # Keys of the model config that may change between runs without changing the weights.
 RUNTIME_MODEL_KEYS = ("gradient_checkpointing", "dropout")
 # Model keys added after checkpoints were first written, with the value an older one means.
@@ -31,14 +35,15 @@ def sha256_of(path: str | Path) -> str:
 
 
 def sidecar_of(path: str | Path) -> Path:
-    """``x.ckpt.sha256`` beside the file ``path`` points to (``last.ckpt`` is a link)."""
+    """``x.ckpt.checksum`` beside the file ``path`` points to (``last.ckpt`` is a link)."""
     real = Path(path).expanduser().resolve()
-    return real.with_name(real.name + ".sha256")
+    return real.with_name(real.name + SIDECAR_SUFFIX)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file, syncs it, records its SHA-256 in
-    ``<name>.sha256`` and only then renames it into place: a run killed while saving leaves the
+    ``<name>.checksum`` (``sha256sum``'s format: ``sha256sum -c`` checks it) and only then
+    renames it into place: a run killed while saving leaves the
     previous checkpoint whole, never a half-written one under its name."""
 
     def save_checkpoint(
@@ -46,8 +51,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        sidecar_tmp = tmp.with_suffix(".sha256")
+        # Temporary names that Lightning's hpc_ckpt_<n> numbering cannot mistake for a checkpoint.
+        tmp = path.with_name(f".vdm-{uuid.uuid4().hex}.tmp")
+        sidecar_tmp = tmp.with_suffix(".tmp-checksum")
         try:
             with open(tmp, "wb") as file:
                 torch.save(checkpoint, file)
@@ -55,14 +61,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(file.fileno())
             sidecar_tmp.write_text(f"{sha256_of(tmp)}  {path.name}\n")
             os.replace(tmp, path)
-            os.replace(sidecar_tmp, path.with_name(path.name + ".sha256"))
+            os.replace(sidecar_tmp, path.with_name(path.name + SIDECAR_SUFFIX))
         finally:
             tmp.unlink(missing_ok=True)
             sidecar_tmp.unlink(missing_ok=True)
 
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        """Lightning's load, after the checksum check: ``ckpt_path`` is checked before the run
+        starts, this catches what Lightning finds itself (a requeued job's ``hpc_ckpt_*``)."""
+        if Path(path).is_file():
+            verify_checksum(Path(path), "checkpoint")
+        kwargs = {} if map_location is None else {"map_location": map_location}
+        return super().load_checkpoint(path, weights_only=weights_only, **kwargs)
+
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
         super().remove_checkpoint(path)
-        Path(str(path) + ".sha256").unlink(missing_ok=True)
+        Path(str(path) + SIDECAR_SUFFIX).unlink(missing_ok=True)
 
 
 def verify_checksum(path: Path, key: str) -> None:

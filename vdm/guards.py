@@ -3,8 +3,8 @@
 - :class:`NonFiniteGuard`: a non-finite loss or gradient norm stops the run before the update
   that would spoil the weights (or skips that update), and no checkpoint with a non-finite
   tensor is ever written.
-- :class:`CheckpointOnSignal`: SIGTERM, SIGINT (and SIGUSR1 outside SLURM) end the run after the
-  current step with a checkpoint of that step, which resumes exactly.
+- :class:`CheckpointOnSignal`: SIGTERM, SIGINT and SIGUSR1 end the run after the current step
+  with a checkpoint of that step, which resumes exactly; under SLURM, SIGUSR1 also requeues.
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -123,14 +125,22 @@ class NonFiniteGuard(Callback):
 
 
 class CheckpointOnSignal(OnExceptionCheckpoint):
-    """Saves ``<dirpath>/interrupted-step-XXXXXX.ckpt`` when a signal ends the run, and points
-    ``last.ckpt`` at it.
+    """Ends the run after the current step when a signal asks, with a checkpoint of that step.
 
     Lightning turns SIGTERM into a stop after the current step (``SIGTERMException``); this
-    callback makes SIGINT (Ctrl-C) do the same instead of interrupting mid-step, and, outside
-    SLURM (whose SIGUSR1 requeues the job), SIGUSR1 too. The run then exits with ``128 + the
-    signal number`` (143 for SIGTERM, 130 for SIGINT): :attr:`signum` holds it. A second Ctrl-C
-    interrupts at once. Other exceptions (a bug, a non-finite loss) write nothing.
+    callback makes SIGINT (Ctrl-C) and SIGUSR1 do the same instead of interrupting mid-step,
+    and saves ``<dirpath>/interrupted-step-XXXXXX.ckpt``, which ``last.ckpt`` then points to.
+
+    Under SLURM with Lightning's auto-requeue (``SLURMEnvironment``, on by default), SIGUSR1 is
+    the requeue signal (``#SBATCH --signal=SIGUSR1@90``): the step's checkpoint goes to
+    ``<default_root_dir>/hpc_ckpt_<n>.ckpt`` instead, ``scontrol requeue <job>`` is called, and
+    the requeued job (same run folder, see :mod:`vdm.run_name`) resumes from it on its own.
+    Lightning's own handler saves at the moment the signal lands, possibly mid-step; saving at
+    the step's end is what makes the resumed run exact.
+
+    The run then exits with ``128 + the signal number`` (143 for SIGTERM, 130 for SIGINT, 138
+    for SIGUSR1): :attr:`signum` holds it. A second Ctrl-C interrupts at once. Other exceptions
+    (a bug, a non-finite loss) write nothing.
 
     Args:
         dirpath: the checkpoint folder (``<run dir>/checkpoints``).
@@ -160,8 +170,8 @@ class CheckpointOnSignal(OnExceptionCheckpoint):
                 lightning_sigterm(signum, frame)
 
         signal.signal(signal.SIGINT, stop_after_this_step)
-        if "SLURM_JOB_ID" not in os.environ:  # under SLURM, SIGUSR1 is the requeue signal
-            signal.signal(signal.SIGUSR1, stop_after_this_step)
+        # Replaces Lightning's SLURM handler too, which would save mid-step (see above).
+        signal.signal(signal.SIGUSR1, stop_after_this_step)
         signal.signal(signal.SIGTERM, remember_sigterm)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -171,10 +181,41 @@ class CheckpointOnSignal(OnExceptionCheckpoint):
         if not isinstance(exception, SIGTERMException):
             return
         self.signum = self.signum or signal.SIGTERM
+        if self.signum == signal.SIGUSR1 and slurm_requeues(trainer):
+            path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+            trainer.save_checkpoint(path)
+            rank_zero_only(log.info)("Saved %s for the requeued job", path)
+            if trainer.is_global_zero:
+                requeue_slurm_job()
+            return
         path = Path(self.dirpath) / f"interrupted-step-{trainer.global_step:06d}.ckpt"
         trainer.save_checkpoint(path)
         link_last(trainer, path)
         rank_zero_only(log.info)("Saved %s; resume with ckpt_path=%s", path, path)
+
+
+def slurm_requeues(trainer: Trainer) -> bool:
+    """Whether this run is a SLURM job that Lightning would requeue (``auto_requeue``)."""
+    environment = trainer._accelerator_connector.cluster_environment
+    return isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+
+
+def requeue_slurm_job() -> None:
+    """``scontrol requeue`` this job (this array task), as Lightning's SLURM handler does."""
+    if "SLURM_ARRAY_JOB_ID" in os.environ and "SLURM_ARRAY_TASK_ID" in os.environ:
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    else:
+        job = os.environ["SLURM_JOB_ID"]
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    except FileNotFoundError:
+        log.error("SLURM job %s not requeued: scontrol is not on PATH", job)
+        return
+    if result.returncode == 0:
+        log.info("Requeued SLURM job %s", job)
+    else:
+        log.error("scontrol requeue %s failed (%d): %s", job, result.returncode,
+                  result.stderr.strip())  # fmt: skip
 
 
 def link_last(trainer: Trainer, path: Path) -> None:
