@@ -1,5 +1,6 @@
 """The README's commands, run as written through the command line (slow: minutes each)."""
 
+import csv
 import json
 import os
 import signal
@@ -245,3 +246,142 @@ def test_the_prediction_evaluation_command(context_ckpt, tmp_path):
     assert "predict: PSNR" in result.stdout
     report = json.loads(out.read_text())
     assert report["protocol"]["num_clips"] == 4 and "baseline" in report["metrics"]
+
+
+# -- a GPU cluster's pieces, on CPU (docs/cluster.md) --------------------------------------------
+
+
+def stand_ins(folder: Path) -> Path:
+    """``srun`` that runs its command in place and ``scontrol`` that records its arguments;
+    returns the file the calls go to."""
+    folder.mkdir(parents=True)
+    calls = folder / "scontrol.calls"
+    (folder / "srun").write_text('#!/bin/sh\nexec "$@"\n')
+    (folder / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\n')
+    for name in ("srun", "scontrol"):
+        (folder / name).chmod(0o755)
+    return calls
+
+
+def child_of(pid: int) -> int:
+    """The one child process of ``pid`` (the training the batch script's srun started)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def test_the_sbatch_script_requeues_on_sigusr1_and_the_requeued_job_resumes(tmp_path):
+    import time
+
+    calls = stand_ins(tmp_path / "bin")
+    env = {
+        **os.environ,
+        "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "VDM_DATA_DIR": str(tmp_path / "data"),
+        "VDM_LOG_DIR": str(tmp_path / "logs"),
+        "WANDB_SILENT": "true",
+        "SLURM_SUBMIT_DIR": str(REPO),
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "vdm",
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+        "SLURM_STEP_ID": "0",
+    }
+    script = ["bash", str(REPO / "scripts" / "slurm" / "train.sbatch"), "debug=fast"]
+    job = subprocess.Popen(
+        [*script, "trainer.max_steps=100000", "trainer.val_check_interval=100000"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    run_dir = tmp_path / "logs" / "runs" / "slurm-4242"
+    deadline = time.monotonic() + 600
+    while not (
+        (run_dir / "train.log").is_file() and "Data:" in (run_dir / "train.log").read_text()
+    ):
+        assert job.poll() is None and time.monotonic() < deadline, job.stderr.read()
+        time.sleep(0.5)
+    time.sleep(15)  # well into the steps
+    os.kill(child_of(job.pid), signal.SIGUSR1)  # what --signal=SIGUSR1@90 sends each task
+    _, stderr = job.communicate(timeout=300)
+    assert job.returncode == 138, stderr[-2000:]
+    assert calls.read_text().split() == ["requeue", "4242"]
+    step = step_of(run_dir / "hpc_ckpt_1.ckpt")
+    assert step > 0
+
+    # The requeued job: the same script, variables and arguments (here: two more steps).
+    again = subprocess.run(
+        [*script, f"trainer.max_steps={step + 2}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "hpc_ckpt_1.ckpt" in again.stdout + again.stderr  # Lightning restored from it
+    assert step_of(run_dir / "checkpoints" / "last.ckpt") == step + 2
+
+
+def test_the_wheel_installs_and_vdm_train_runs_from_another_folder(tmp_path):
+    """A non-editable install: the configs travel inside the wheel, the console scripts work
+    from any folder. The fresh virtualenv borrows this one's dependencies, not its vdm."""
+    import site
+    import zipfile
+
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(dist), str(REPO)],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    (wheel,) = dist.glob("vdm-*.whl")
+    assert "vdm/conf/train.yaml" in zipfile.ZipFile(wheel).namelist()
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+         "--no-deps", "-q", str(wheel)],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    (packages,) = venv.glob("lib/python*/site-packages")
+    # A plain path line: this venv's .pth files (the editable vdm) are not run from there.
+    (packages / "borrowed.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "VDM_DATA_DIR": str(tmp_path / "data"), "WANDB_SILENT": "true"}
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import vdm; print(vdm.__file__)"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert Path(where.stdout.strip()).is_relative_to(packages)
+    result = subprocess.run(
+        [str(venv / "bin" / "vdm-train"), "debug=fast", "trainer.max_steps=2"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (elsewhere / "outputs" / "runs").iterdir()
+    assert step_of(run_dir / "checkpoints" / "last.ckpt") == 2
+    assert (venv / "bin" / "vdm-sample").is_file() and (venv / "bin" / "vdm-evaluate").is_file()
+
+
+def test_a_two_trial_optuna_search_returns_the_metric(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the hpo extra")
+    result = train(
+        tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "debug=fast",
+        "trainer.max_steps=2", "logger=csv",
+    )  # fmt: skip
+    (sweep,) = (tmp_path / "logs" / "multiruns").iterdir()
+    trials = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in trials] == ["0", "1"]
+    import yaml
+
+    found = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(found["best_params"]) == {"optimizer.lr", "data.batch_size", "model.base_channels"}
+    last_losses = []
+    for trial in trials:
+        with open(trial / "csv" / "version_0" / "metrics.csv") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("val/loss")]
+        last_losses.append(float(rows[-1]["val/loss"]))
+    # The sweeper got each trial's last val/loss and reports the smaller.
+    assert found["best_value"] == pytest.approx(min(last_losses), rel=1e-6)
+    assert result.returncode == 0

@@ -15,6 +15,11 @@ from vdm.train import build_model
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # Every preset in conf/model runs every test; inputs are 16×16 so the base presets stay cheap.
 PRESETS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+# For the costliest tests the 45-64 M base presets run in the slow suite (same code as the
+# default and tiny presets, only wider), keeping the fast suite under 10 minutes.
+PRESETS_BASE_SLOW = [
+    pytest.param(p, marks=pytest.mark.slow) if p.endswith("_base") else p for p in PRESETS
+]
 # The zero-initialised layer that switches each temporal branch off at the start: the output
 # projections of the U-Net's temporal conv and attention, the transformer's temporal gate.
 TEMPORAL_OUT = re.compile(r"temporal_conv\.proj\.|temporal_attn\.attn\.out\.|temporal_modulation\.")
@@ -117,7 +122,7 @@ def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(name):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", PRESETS_BASE_SLOW)
 def test_bf16_autocast_forward_and_backward_run_on_cpu(name):
     model = make(name, num_classes=3, qk_norm=True)
     train_steps(model, 1, video())
@@ -164,7 +169,7 @@ def test_without_temporal_paths_the_model_is_per_frame(name):
         assert torch.allclose(model(bumped, t, labels)[:, :, -1], out[:, :, -1], atol=1e-5)
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", PRESETS_BASE_SLOW)
 def test_training_on_a_task_that_needs_other_frames_opens_the_temporal_paths(name):
     """Target at every frame = input frame 0: only temporal layers can solve it. Fresh, frame 0
     cannot reach the last frame at all; a few steps later it does."""

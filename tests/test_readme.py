@@ -2,7 +2,6 @@
 inline override names a real key or option, every repository file and link target exists."""
 
 import functools
-import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -13,6 +12,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from vdm.train import null_groups_as_deletions
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -22,21 +23,15 @@ PYTHON_API_PAGES = {"library.md"}
 ENTRY_POINTS = {  # how a command starts → the config it composes
     "python train.py": "train",
     "python -m vdm.sample": "sample",
+    "vdm-train": "train",
+    "vdm-sample": "sample",
+    "vdm-evaluate": "evaluate",
+    "sbatch scripts/slurm/train.sbatch": "train",
     "python -m vdm.evaluate": "evaluate",
 }
 REPO_PATH = re.compile(r"^((conf|bench|vdm|tests|docs|scripts|\.ci)/[\w./*-]*|train\.py|Makefile)$")
 OVERRIDE = re.compile(r"^(~[a-z_][\w.]*|\+?[a-z_][\w.]*=\S*)$")
 MAKE_VARIABLE = re.compile(r"^([A-Z][A-Z_]*)=(.*)$")
-
-
-def _load_train_py():
-    spec = importlib.util.spec_from_file_location("train_entry", REPO / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-null_groups_as_deletions = _load_train_py().null_groups_as_deletions
 
 
 def code_blocks(text: str) -> list[str]:

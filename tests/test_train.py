@@ -71,13 +71,18 @@ def test_a_short_run_writes_checkpoints_samples_and_metrics(tmp_path, overrides)
     assert any(k.startswith("denoiser.") for k in ckpt["state_dict"])
 
 
-@pytest.mark.parametrize("context", ["none", "mixed"])
-def test_resumed_run_ends_exactly_where_the_uninterrupted_one_does(tmp_path, context):
+@pytest.mark.parametrize(
+    ("context", "accumulate"),
+    [("none", 1), ("mixed", 1), pytest.param("none", 2, marks=pytest.mark.slow)],
+)
+def test_resumed_run_ends_exactly_where_the_uninterrupted_one_does(tmp_path, context, accumulate):
     """Interrupt at step 3, mid-epoch (8 batches per epoch), with EMA updating from step 1.
 
     The interrupted run keeps the full run's LR schedule (total_steps=6), as a run killed at
     step 3 would have; a shorter max_steps alone would also shorten the cosine decay. With
     context=mixed each step's given frames (and their noise) are drawn from the step's seed too.
+    With 2 batches per step the checkpoint still falls between steps (val_check_interval counts
+    steps), and the second epoch starts in the middle of the run.
     """
     common = [
         "callbacks.ema.update_starting_at_step=1",
@@ -85,6 +90,7 @@ def test_resumed_run_ends_exactly_where_the_uninterrupted_one_does(tmp_path, con
         "lr_scheduler.total_steps=6",
         f"context={context}",
         "context.masks.noise_aug_prob=0.5" if context == "mixed" else "seed=42",
+        f"trainer.accumulate_grad_batches={accumulate}",
     ]
     run(compose_run(tmp_path / "full", *common, "trainer.max_steps=6"))
     run(compose_run(tmp_path / "first", *common, "trainer.max_steps=3"))
@@ -196,3 +202,46 @@ def test_every_option_of_every_group_composes_and_instantiates(
     assert build_module(cfg) is not None
     assert instantiate(cfg.data) is not None
     assert instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg))
+
+
+@pytest.mark.slow
+def test_a_compiled_run_writes_plain_checkpoints_that_load_both_ways(tmp_path):
+    """compile=true: the denoiser runs compiled, and checkpoints keep the plain model's names,
+    so a plain model loads them and a compiled run resumes from a plain run's checkpoint."""
+    from vdm.sample import load_run
+
+    short = ["trainer.max_steps=2", "trainer.val_check_interval=2"]
+    trainer = run(compose_run(tmp_path / "compiled", "compile=true", *short))
+    compiled = trainer.lightning_module.denoiser
+    assert compiled._compiled_call_impl is not None  # nn.Module.compile() took effect
+    ckpt = tmp_path / "compiled" / "checkpoints" / "last.ckpt"
+    stored = load_checkpoint(ckpt)
+    names = [k for part in ("state_dict", "current_model_state") for k in stored[part]]
+    assert names and not any("_orig_mod" in k for k in names)
+    plain = load_run(ckpt).module.denoiser  # an uncompiled model takes them as they are
+    x, t = torch.randn(1, 3, 8, 32, 32), torch.tensor([500])
+    compiled.load_state_dict(plain.state_dict())
+    compiled.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, t), plain(x, t), rtol=1e-4, atol=1e-4)
+
+    run(compose_run(tmp_path / "plain", *short))  # and back: compiled resumes a plain run
+    plain_ckpt = tmp_path / "plain" / "checkpoints" / "last.ckpt"
+    resumed = run(compose_run(tmp_path / "resumed", "compile=true", "trainer.max_steps=3",
+                              "~callbacks.sample_videos", f"ckpt_path={plain_ckpt}"))  # fmt: skip
+    assert resumed.global_step == 3
+
+
+def test_val_check_interval_counts_optimizer_steps_under_accumulation():
+    from omegaconf import OmegaConf
+
+    from vdm.train import steps_as_batches
+
+    def batches(interval, accumulate):
+        cfg = OmegaConf.create(
+            {"val_check_interval": interval, "accumulate_grad_batches": accumulate}
+        )
+        return steps_as_batches(cfg)
+
+    assert batches(3, 2) == {"val_check_interval": 6}  # Lightning counts batches
+    assert batches(3, 1) == {} and batches(0.5, 4) == {}  # a fraction of an epoch stays

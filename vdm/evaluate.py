@@ -31,7 +31,7 @@ from vdm.sample import (
     sample_as_configured,
     sampler_name,
 )
-from vdm.train import user_errors_in_one_line
+from vdm.train import compile_denoiser, user_errors_in_one_line
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,8 @@ def run(cfg: DictConfig) -> dict:
     fvd = fvd_metric(cfg, device)
     loaded = load_run(cfg.ckpt_path, device)
     module, run_cfg = loaded.module, loaded.config
+    if cfg.get("compile"):
+        compile_denoiser(module)
     if task != "generate" and not module.frame_conditioning:
         raise ValueError(
             f"task={task} needs a checkpoint trained with frame masks (python train.py "
@@ -249,7 +251,7 @@ def summary_line(task: str, metrics: dict, counts: dict) -> str:
     )
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     with user_errors_in_one_line():
         run(cfg)

@@ -26,7 +26,7 @@ from vdm.diffusion.context import TASKS
 from vdm.diffusion.samplers import Sampler
 from vdm.generation import sample_long_videos, sample_videos, side_by_side, window_context
 from vdm.module import VideoDiffusionModule
-from vdm.train import build_diffusion, build_model, user_errors_in_one_line
+from vdm.train import build_diffusion, build_model, compile_denoiser, user_errors_in_one_line
 from vdm.video_io import to_uint8, write_clips, write_npz
 
 log = logging.getLogger(__name__)
@@ -250,6 +250,8 @@ def run(cfg: DictConfig) -> Path:
     check_sample_config(cfg)
     loaded = load_run(cfg.ckpt_path, resolve_device(cfg.device))
     module = loaded.module
+    if cfg.get("compile"):
+        compile_denoiser(module)
     task = check_task(cfg, module)
     sampler: Sampler = instantiate(cfg.sampler)
     labels = class_labels(cfg.labels, cfg.num_samples, module.num_classes)
@@ -280,7 +282,7 @@ def run(cfg: DictConfig) -> Path:
     return out_dir
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
+@hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
     with user_errors_in_one_line():
         run(cfg)

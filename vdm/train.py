@@ -1,15 +1,19 @@
-"""`run(cfg)`: seed → data → model → callbacks → loggers → trainer → fit, from a Hydra config."""
+"""`run(cfg)`: seed → data → model → callbacks → loggers → trainer → fit, from a Hydra config;
+`main()`: the `vdm-train` command (and `python train.py`, `python -m vdm.train`)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import netrc
 import os
 import signal
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
+import hydra
 import torch
 from hydra.utils import instantiate
 from lightning import Callback, LightningDataModule, Trainer, seed_everything
@@ -30,6 +34,10 @@ from vdm.guards import CheckpointOnSignal, NonFiniteTrainingError, exit_code
 from vdm.module import VideoDiffusionModule
 
 log = logging.getLogger(__name__)
+
+# The configs ship inside the package (conf/ at the repository root links here), so an
+# installed vdm finds them wherever it runs.
+CONF = Path(__file__).resolve().parent / "conf"
 
 
 def build_diffusion(cfg: DictConfig) -> GaussianDiffusion:
@@ -68,6 +76,14 @@ def build_module(cfg: DictConfig) -> VideoDiffusionModule:
     )
 
 
+def compile_denoiser(module: VideoDiffusionModule) -> None:
+    """``torch.compile`` the denoiser in place (``nn.Module.compile``): training, validation
+    and sampling run the compiled code, while parameter names, and so checkpoints, stay those
+    of the plain model (no ``_orig_mod.`` prefix): compiled and plain runs load each other's."""
+    log.info("Compiling the denoiser with torch.compile (the first steps are slow)")
+    module.denoiser.compile()
+
+
 def build_context_masks(cfg: DictConfig) -> ContextMasks | None:
     """The training clips' given-frame mixture of ``cfg.context`` (None for ``context=none``)."""
     masks = OmegaConf.select(cfg, "context.masks")
@@ -89,6 +105,17 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
             log.info("Instantiating callback %s <%s>", name, conf._target_)
             callbacks.append(instantiate(conf))
     return sorted(callbacks, key=lambda c: isinstance(c, WeightAveraging))
+
+
+def steps_as_batches(trainer_cfg: DictConfig) -> dict:
+    """Lightning counts an integer ``val_check_interval`` in batches; vdm's configs mean
+    optimizer steps. With ``accumulate_grad_batches = k`` they differ k-fold, and validating
+    (and checkpointing) in the middle of a step would drop its accumulated gradient on resume."""
+    interval = trainer_cfg.get("val_check_interval")
+    accumulate = trainer_cfg.get("accumulate_grad_batches") or 1
+    if not isinstance(interval, int) or accumulate == 1:
+        return {}
+    return {"val_check_interval": interval * accumulate}
 
 
 def wandb_api_key_configured() -> bool:
@@ -155,13 +182,19 @@ def run(cfg: DictConfig) -> Trainer:
     log.info("Instantiating data <%s>", cfg.data._target_)
     datamodule: LightningDataModule = instantiate(cfg.data)
     module = build_module(cfg)
+    if cfg.get("compile"):
+        compile_denoiser(module)
     callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg)
     if not loggers:  # LearningRateMonitor refuses to run without a logger (logger=null)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)
     trainer: Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        **steps_as_batches(cfg.trainer),
     )
     log_run_info(cfg, module, trainer)
     if cfg.get("float32_matmul_precision"):
@@ -193,3 +226,58 @@ def user_errors_in_one_line() -> Iterator[None]:
             raise
         print(f"vdm: error: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+def optimized_value(cfg: DictConfig, trainer: Trainer) -> float | None:
+    """The value of ``cfg.optimized_metric`` at the end of the run, for Hydra's sweepers (an
+    Optuna search minimises it); None when the key is null."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in trainer.callback_metrics:
+        known = ", ".join(sorted(trainer.callback_metrics)) or "none"
+        raise ValueError(
+            f"optimized_metric={name} was not logged by this run (logged: {known}): pick one "
+            "of those, e.g. optimized_metric=val/loss."
+        )
+    value = float(trainer.callback_metrics[name])
+    return value if math.isfinite(value) else float("inf")
+
+
+def null_groups_as_deletions(argv: list[str]) -> list[str]:
+    """``logger=null`` turns a config group off, as users expect; Hydra spells that ``~logger``
+    on the command line and rejects the first form."""
+    groups = {p.name for p in CONF.iterdir() if p.is_dir()}
+    return [f"~{a[:-5]}" if a.endswith("=null") and a[:-5] in groups else a for a in argv]
+
+
+def sweep_trial(cfg: DictConfig) -> bool:
+    """Whether this run is one trial of a Hydra sweep that optimises a metric."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN and bool(cfg.get("optimized_metric"))
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def hydra_main(cfg: DictConfig) -> float | None:
+    with user_errors_in_one_line():
+        try:
+            trainer = run(cfg)
+        except NonFiniteTrainingError as error:
+            if not sweep_trial(cfg):
+                raise
+            # A learning rate that diverges is an answer for the search, not a reason to stop it.
+            log.error("This trial diverged; the sweeper gets inf. %s", error)
+            return float("inf")
+        return optimized_value(cfg, trainer)
+
+
+def main() -> None:
+    """``vdm-train [overrides]``: train as conf/train.yaml and the overrides say."""
+    sys.argv = null_groups_as_deletions(sys.argv)
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()
