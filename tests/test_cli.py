@@ -385,3 +385,25 @@ def test_a_two_trial_optuna_search_returns_the_metric(tmp_path):
     # The sweeper got each trial's last val/loss and reports the smaller.
     assert found["best_value"] == pytest.approx(min(last_losses), rel=1e-6)
     assert result.returncode == 0
+
+
+def test_a_rectified_flow_run_samples_with_euler_and_heun(tmp_path):
+    """``python train.py diffusion=flow sampler=euler``, then ``vdm.sample`` on its checkpoint
+    with both flow samplers; a DDPM sampler on it is a one-line error."""
+    train(tmp_path, "diffusion=flow", "sampler=euler", "debug=fast", "trainer.max_steps=2")
+    ckpt = only_run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    for sampler in ("euler", "heun"):
+        out = tmp_path / sampler
+        result = subprocess.run(
+            [sys.executable, "-m", "vdm.sample", f"ckpt_path={ckpt}", f"sampler={sampler}",
+             "num_samples=2", "sampler.steps=3", f"out_dir={out}"],
+            cwd=REPO, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert np.load(out / "samples.npz")["videos"].shape == (2, 8, 32, 32, 3)
+    wrong = subprocess.run(
+        [sys.executable, "-m", "vdm.sample", f"ckpt_path={ckpt}", "sampler=ddim"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert wrong.returncode == 1
+    assert wrong.stderr.strip().splitlines()[-1].endswith("use sampler=euler or sampler=heun.")

@@ -222,6 +222,9 @@ def test_a_kill_during_save_leaves_the_previous_checkpoint_whole(tmp_path, monke
         (["data.frame_stride=0"], "data.frame_stride=0"),
         (["sampler.steps=5000"], r"sampler.steps=5000: must be in \[1, 1000\]"),
         (["callbacks.sample_videos.guidance_scale=-1"], "guidance_scale=-1: must be >= 0"),
+        (["diffusion=flow", "sampler=ddim"], "but diffusion=flow is rectified flow"),
+        (["sampler=euler"], "but diffusion=ddpm is DDPM: use sampler=ddim"),
+        (["data=folder", "data.root=/tmp", "data.split_files.train=/x.txt"], "is set alone"),
     ],
 )
 def test_bad_values_fail_before_any_work_in_one_line(tmp_path, overrides, message):

@@ -72,17 +72,25 @@ def test_a_short_run_writes_checkpoints_samples_and_metrics(tmp_path, overrides)
 
 
 @pytest.mark.parametrize(
-    ("context", "accumulate"),
-    [("none", 1), ("mixed", 1), pytest.param("none", 2, marks=pytest.mark.slow)],
+    ("context", "accumulate", "diffusion"),
+    [
+        ("none", 1, "ddpm"),
+        ("mixed", 1, "ddpm"),
+        pytest.param("none", 2, "ddpm", marks=pytest.mark.slow),
+        pytest.param("mixed", 1, "flow", marks=pytest.mark.slow),
+    ],
 )
-def test_resumed_run_ends_exactly_where_the_uninterrupted_one_does(tmp_path, context, accumulate):
+def test_resumed_run_ends_exactly_where_the_uninterrupted_one_does(
+    tmp_path, context, accumulate, diffusion
+):
     """Interrupt at step 3, mid-epoch (8 batches per epoch), with EMA updating from step 1.
 
     The interrupted run keeps the full run's LR schedule (total_steps=6), as a run killed at
     step 3 would have; a shorter max_steps alone would also shorten the cosine decay. With
     context=mixed each step's given frames (and their noise) are drawn from the step's seed too.
     With 2 batches per step the checkpoint still falls between steps (val_check_interval counts
-    steps), and the second epoch starts in the middle of the run.
+    steps), and the second epoch starts in the middle of the run. Rectified flow draws its
+    (logit-normal) times from the step's seed as DDPM draws its steps.
     """
     common = [
         "callbacks.ema.update_starting_at_step=1",
@@ -91,6 +99,7 @@ def test_resumed_run_ends_exactly_where_the_uninterrupted_one_does(tmp_path, con
         f"context={context}",
         "context.masks.noise_aug_prob=0.5" if context == "mixed" else "seed=42",
         f"trainer.accumulate_grad_batches={accumulate}",
+        f"diffusion={diffusion}",
     ]
     run(compose_run(tmp_path / "full", *common, "trainer.max_steps=6"))
     run(compose_run(tmp_path / "first", *common, "trainer.max_steps=3"))

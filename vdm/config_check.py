@@ -44,6 +44,29 @@ def model_divisors(model: DictConfig) -> tuple[int, int]:
     return 1, 1
 
 
+def is_flow(diffusion: DictConfig) -> bool:
+    """Whether a ``diffusion`` config is rectified flow (else DDPM)."""
+    return str(diffusion.get("_target_", "")).endswith("FlowMatching")
+
+
+def check_sampler_fits(sampler: DictConfig, diffusion: DictConfig, where: str) -> None:
+    """Flow samplers for a flow model, DDPM samplers for a DDPM one; ``where`` names whose
+    process it is (this run's, or the checkpoint's)."""
+    flow_sampler = ".flow_samplers." in str(sampler.get("_target_", ""))
+    if flow_sampler == is_flow(diffusion):
+        return
+    name = str(sampler._target_).rsplit(".", 1)[-1]
+    if flow_sampler:
+        raise ConfigError(
+            f"sampler={name} integrates a rectified flow, but {where} is DDPM: use sampler=ddim, "
+            "ddpm or dpmpp (or diffusion=flow to train a flow)."
+        )
+    raise ConfigError(
+        f"sampler={name} runs a DDPM reverse process, but {where} is rectified flow: use "
+        "sampler=euler or sampler=heun."
+    )
+
+
 def check_writable(key: str, folder: str | os.PathLike[str]) -> None:
     """Create ``folder`` and write a file in it, or fail in one line naming ``key``."""
     path = Path(folder).expanduser()
@@ -89,8 +112,14 @@ def check_train_config(cfg: DictConfig) -> None:
             f"data.clip_len={clip_len}: model.temporal_patch_size={time} needs a multiple of "
             f"{time}: e.g. data.clip_len={max(time, clip_len // time * time)}."
         )
-    steps, num_steps = _get(cfg, "sampler.steps"), _get(cfg, "schedule.num_steps")
-    if steps is not None and num_steps is not None and not 1 <= steps <= num_steps:
+    process = "diffusion=flow" if is_flow(cfg.diffusion) else "diffusion=ddpm"
+    check_sampler_fits(cfg.sampler, cfg.diffusion, process)
+    steps = _get(cfg, "sampler.steps")
+    # A flow's time is continuous (any number of steps); DDPM has schedule.num_steps.
+    num_steps = None if is_flow(cfg.diffusion) else _get(cfg, "schedule.num_steps")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ConfigError(f"sampler.steps={steps}: must be an integer >= 1.")
+    if steps is not None and num_steps is not None and steps > num_steps:
         raise ConfigError(
             f"sampler.steps={steps}: must be in [1, {num_steps}] (schedule.num_steps)."
         )

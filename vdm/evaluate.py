@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, Subset
 
-from vdm.config_check import check_sample_config
+from vdm.config_check import check_sample_config, check_sampler_fits
 from vdm.diffusion.samplers import Sampler
 from vdm.metrics import FrechetVideoDistance
 from vdm.prediction import evaluate_context_task
@@ -116,6 +116,7 @@ def run(cfg: DictConfig) -> dict:
             f"task={task} needs a checkpoint trained with frame masks (python train.py "
             f"context=mixed); ckpt_path={cfg.ckpt_path} was trained with context=none."
         )
+    check_sampler_fits(cfg.sampler, run_cfg.diffusion, f"ckpt_path={cfg.ckpt_path}")
     sampler: Sampler = instantiate(cfg.sampler)
     data_cfg = data_config(cfg, run_cfg)
     size = run_cfg.data.size

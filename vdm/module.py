@@ -1,4 +1,5 @@
-"""VideoDiffusionModule: a denoiser trained by a GaussianDiffusion, as a LightningModule."""
+"""VideoDiffusionModule: a denoiser trained by a GaussianDiffusion or a FlowMatching process, as
+a LightningModule."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from lightning import LightningModule
 from torch import nn
 
 from vdm.diffusion.context import ContextMasks
+from vdm.diffusion.flow import FlowMatching
 from vdm.diffusion.process import GaussianDiffusion
 from vdm.diffusion.samplers import Sampler, guided
 from vdm.optim import parameter_groups
@@ -56,7 +58,7 @@ class VideoDiffusionModule(LightningModule):
     def __init__(
         self,
         denoiser: nn.Module,
-        diffusion: GaussianDiffusion,
+        diffusion: GaussianDiffusion | FlowMatching,
         optimizer: Callable[..., torch.optim.Optimizer],
         lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         label_dropout: float = 0.1,
@@ -150,7 +152,9 @@ class VideoDiffusionModule(LightningModule):
         self.last_loss = loss.detach()  # for NonFiniteGuard, before the update
         b = per_sample.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
-        quartile = t * QUARTILES // self.diffusion.num_steps
+        # DDPM steps are integers out of num_steps, flow times floats in [0, 1].
+        fraction = t / self.diffusion.num_steps if not t.is_floating_point() else t
+        quartile = (fraction * QUARTILES).long().clamp(max=QUARTILES - 1)
         for q in range(QUARTILES):
             in_q = quartile == q
             if in_q.any():

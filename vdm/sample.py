@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vdm.checkpoint import load_checkpoint
-from vdm.config_check import check_sample_config
+from vdm.config_check import check_sample_config, check_sampler_fits
 from vdm.data.dataset import read_video_start
 from vdm.diffusion.context import TASKS
 from vdm.diffusion.samplers import Sampler
@@ -253,6 +253,7 @@ def run(cfg: DictConfig) -> Path:
     if cfg.get("compile"):
         compile_denoiser(module)
     task = check_task(cfg, module)
+    check_sampler_fits(cfg.sampler, loaded.config.diffusion, f"ckpt_path={cfg.ckpt_path}")
     sampler: Sampler = instantiate(cfg.sampler)
     labels = class_labels(cfg.labels, cfg.num_samples, module.num_classes)
     name = sampler_name(sampler, module.diffusion.num_steps)

@@ -25,9 +25,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from vdm.checkpoint import AtomicCheckpointIO, load_checkpoint, model_config_mismatch
-from vdm.config_check import check_train_config
+from vdm.config_check import check_train_config, is_flow
 from vdm.data.reader import VideoReadError
 from vdm.diffusion.context import ContextMasks
+from vdm.diffusion.flow import FlowMatching
 from vdm.diffusion.process import GaussianDiffusion
 from vdm.diffusion.samplers import Sampler
 from vdm.guards import CheckpointOnSignal, NonFiniteTrainingError, exit_code
@@ -40,12 +41,14 @@ log = logging.getLogger(__name__)
 CONF = Path(__file__).resolve().parent / "conf"
 
 
-def build_diffusion(cfg: DictConfig) -> GaussianDiffusion:
-    """The diffusion process of ``cfg.diffusion`` over the noise schedule of ``cfg.schedule``."""
-    log.info("Instantiating schedule <%s>", cfg.schedule._target_)
-    schedule = instantiate(cfg.schedule)
+def build_diffusion(cfg: DictConfig) -> GaussianDiffusion | FlowMatching:
+    """The process of ``cfg.diffusion``: DDPM over the noise schedule of ``cfg.schedule``, or
+    rectified flow (which has no schedule)."""
     log.info("Instantiating diffusion <%s>", cfg.diffusion._target_)
-    return instantiate(cfg.diffusion, schedule=schedule)
+    if is_flow(cfg.diffusion):
+        return instantiate(cfg.diffusion)
+    log.info("Instantiating schedule <%s>", cfg.schedule._target_)
+    return instantiate(cfg.diffusion, schedule=instantiate(cfg.schedule))
 
 
 def build_model(cfg: DictConfig) -> nn.Module:

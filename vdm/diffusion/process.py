@@ -64,6 +64,8 @@ class GaussianDiffusion:
             with the ρ it was trained with; it is part of the process, like the schedule.
     """
 
+    kind = "ddpm"  # beside FlowMatching's "flow": which samplers fit
+
     def __init__(
         self,
         schedule: NoiseSchedule,

@@ -165,6 +165,11 @@ class Sampler:
         Returns:
             float32 tensor of ``shape``: the sample (in ``[-1, 1]`` when clipping).
         """
+        if getattr(diffusion, "kind", "ddpm") != "ddpm":
+            raise ValueError(
+                f"sampler={type(self).__name__} runs a DDPM reverse process, but the model was "
+                "trained with rectified flow: use sampler=euler or sampler=heun."
+            )
         if device is None:
             device = (
                 x_T.device
