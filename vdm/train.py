@@ -233,16 +233,21 @@ def user_errors_in_one_line() -> Iterator[None]:
 
 def optimized_value(cfg: DictConfig, trainer: Trainer) -> float | None:
     """The value of ``cfg.optimized_metric`` at the end of the run, for Hydra's sweepers (an
-    Optuna search minimises it); None when the key is null."""
+    Optuna search minimises it); None when the key is null. A metric the run did not log fails
+    a sweep trial (the sweeper needs a number) but only warns in a single run."""
     name = cfg.get("optimized_metric")
     if not name:
         return None
     if name not in trainer.callback_metrics:
         known = ", ".join(sorted(trainer.callback_metrics)) or "none"
-        raise ValueError(
+        message = (
             f"optimized_metric={name} was not logged by this run (logged: {known}): pick one "
             "of those, e.g. optimized_metric=val/loss."
         )
+        if sweep_trial(cfg):
+            raise ValueError(message)
+        log.warning(message)
+        return None
     value = float(trainer.callback_metrics[name])
     return value if math.isfinite(value) else float("inf")
 
