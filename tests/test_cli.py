@@ -273,6 +273,8 @@ def child_of(pid: int) -> int:
 def test_the_sbatch_script_requeues_on_sigusr1_and_the_requeued_job_resumes(tmp_path):
     import time
 
+    from test_slurm import SLURM
+
     calls = stand_ins(tmp_path / "bin")
     env = {
         **os.environ,
@@ -280,16 +282,8 @@ def test_the_sbatch_script_requeues_on_sigusr1_and_the_requeued_job_resumes(tmp_
         "VDM_DATA_DIR": str(tmp_path / "data"),
         "VDM_LOG_DIR": str(tmp_path / "logs"),
         "WANDB_SILENT": "true",
+        **SLURM,
         "SLURM_SUBMIT_DIR": str(REPO),
-        "SLURM_JOB_ID": "4242",
-        "SLURM_JOB_NAME": "vdm",
-        "SLURM_NTASKS": "1",
-        "SLURM_NTASKS_PER_NODE": "1",
-        "SLURM_JOB_NUM_NODES": "1",
-        "SLURM_PROCID": "0",
-        "SLURM_LOCALID": "0",
-        "SLURM_NODEID": "0",
-        "SLURM_NODELIST": "localhost",
         "SLURM_STEP_ID": "0",
     }
     script = ["bash", str(REPO / "scripts" / "slurm" / "train.sbatch"), "debug=fast"]

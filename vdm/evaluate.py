@@ -3,7 +3,6 @@ against real clips, printed and written as JSON together with the protocol that 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -18,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, Subset
 
+from vdm.checkpoint import sha256_of
 from vdm.config_check import check_sample_config, check_sampler_fits
 from vdm.diffusion.samplers import Sampler
 from vdm.metrics import FrechetVideoDistance
@@ -34,14 +34,6 @@ from vdm.sample import (
 from vdm.train import compile_denoiser, user_errors_in_one_line
 
 log = logging.getLogger(__name__)
-
-
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def data_config(cfg: DictConfig, run_cfg: DictConfig) -> DictConfig:
@@ -141,7 +133,7 @@ def run(cfg: DictConfig) -> dict:
     if fvd is not None:
         extractor = {
             "path": str(Path(cfg.fvd.extractor).expanduser().resolve()),
-            "sha256": sha256(Path(cfg.fvd.extractor).expanduser()),
+            "sha256": sha256_of(Path(cfg.fvd.extractor).expanduser()),
             "feature_dim": cfg.fvd.feature_dim,
             "input": "(N, C, T, H, W) in [-1, 1], resize=True, rescale=False",
         }

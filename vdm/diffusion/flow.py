@@ -17,9 +17,8 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
-from vdm.diffusion.process import broadcast_like, masked_mean_per_sample
+from vdm.diffusion.process import broadcast_like, per_sample_mse
 
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal", "mode")
 
@@ -170,14 +169,5 @@ class FlowMatching:
             out = model_fn(x_in, self.model_time(t_frames), context=given, **cond)
             generated = (~given).to(x0.dtype)
             loss_mask = generated if loss_mask is None else loss_mask * generated
-        if out.shape != x0.shape:
-            raise ValueError(
-                f"Denoiser output shape {tuple(out.shape)} differs from its input "
-                f"{tuple(x0.shape)}: check model.out_channels equals data channels."
-            )
-        sq_err = F.mse_loss(out.float(), self.target(x0, noise, t).float(), reduction="none")
-        if loss_mask is None:
-            per_sample = sq_err.flatten(1).mean(dim=1)
-        else:
-            per_sample = masked_mean_per_sample(sq_err, loss_mask)
+        per_sample = per_sample_mse(out, self.target(x0, noise, t), loss_mask)
         return per_sample.mean(), per_sample, t

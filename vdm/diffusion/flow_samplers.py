@@ -14,7 +14,7 @@ import torch
 from rich.progress import Progress
 
 from vdm.diffusion.flow import FlowMatching, shift_time
-from vdm.diffusion.samplers import ModelFn
+from vdm.diffusion.samplers import ModelFn, given_frames
 
 
 def flow_sigmas(steps: int, shift: float, num_train_steps: int = 1000) -> torch.Tensor:
@@ -80,14 +80,7 @@ class FlowSampler:
             x = process.noise(shape, generator, device)
         mask = given = video = None
         if context is not None:
-            video, mask = context
-            video = video.to(device=x.device, dtype=torch.float32)
-            mask = mask.to(x.device).bool()
-            if video.shape != x.shape or mask.shape != (x.shape[0], x.shape[2]):
-                raise ValueError(
-                    f"context=(video, mask) must be {tuple(x.shape)} and "
-                    f"{(x.shape[0], x.shape[2])}; got {tuple(video.shape)}, {tuple(mask.shape)}."
-                )
+            video, mask = given_frames(context, x)
             given = mask[:, None, :, None, None]
             x = torch.where(given, video, x)
 

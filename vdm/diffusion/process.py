@@ -333,17 +333,7 @@ class GaussianDiffusion:
             out = model_fn(x_in, t_frames, context=given, **cond)
             generated = (~given).to(x0.dtype)
             loss_mask = generated if loss_mask is None else loss_mask * generated
-        if out.shape != x0.shape:
-            raise ValueError(
-                f"Denoiser output shape {tuple(out.shape)} differs from its input "
-                f"{tuple(x0.shape)}: check model.out_channels equals data channels."
-            )
-        # Loss maths in float32 whatever precision the model ran in (bf16 autocast).
-        sq_err = F.mse_loss(out.float(), self.target(x0, noise, t).float(), reduction="none")
-        if loss_mask is None:
-            per_sample = sq_err.flatten(1).mean(dim=1)
-        else:
-            per_sample = masked_mean_per_sample(sq_err, loss_mask)
+        per_sample = per_sample_mse(out, self.target(x0, noise, t), loss_mask)
         weight = self.loss_weight(t)
         if context is not None and self.context_loss_weighting != self.loss_weighting:
             with_context = context.bool().any(dim=1)
@@ -352,6 +342,22 @@ class GaussianDiffusion:
             )
         per_sample = per_sample * weight
         return per_sample.mean(), per_sample, t
+
+
+def per_sample_mse(
+    out: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The MSE of each sample ``(B,)``, in float32 whatever precision the model ran in, over
+    the frames where ``loss_mask (B, T)`` is 1 (all frames when None)."""
+    if out.shape != target.shape:
+        raise ValueError(
+            f"Denoiser output shape {tuple(out.shape)} differs from its input "
+            f"{tuple(target.shape)}: check model.out_channels equals data channels."
+        )
+    sq_err = F.mse_loss(out.float(), target.float(), reduction="none")
+    if loss_mask is None:
+        return sq_err.flatten(1).mean(dim=1)
+    return masked_mean_per_sample(sq_err, loss_mask)
 
 
 def masked_mean_per_sample(sq_err: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:

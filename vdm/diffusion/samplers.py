@@ -61,6 +61,22 @@ def timestep_schedule(num_steps: int, steps: int, spacing: str = "trailing") -> 
     return sorted({int(t) for t in ts}, reverse=True)
 
 
+def given_frames(
+    context: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``context = (video, mask)`` checked against the sample ``x`` and moved to its device:
+    float32 video shaped like ``x`` and a bool ``(B, T)`` mask, True where a frame is given."""
+    video, mask = context
+    video = video.to(device=x.device, dtype=torch.float32)
+    mask = mask.to(x.device).bool()
+    if video.shape != x.shape or mask.shape != (x.shape[0], x.shape[2]):
+        raise ValueError(
+            f"context=(video, mask) must be {tuple(x.shape)} and "
+            f"{(x.shape[0], x.shape[2])}; got {tuple(video.shape)}, {tuple(mask.shape)}."
+        )
+    return video, mask
+
+
 def guided(
     model: Callable[..., torch.Tensor], labels: torch.Tensor, scale: float, null_label: int
 ) -> ModelFn:
@@ -186,14 +202,7 @@ class Sampler:
         state: dict = {}
         mask = None
         if context is not None:
-            video, mask = context
-            video = video.to(device=x.device, dtype=torch.float32)
-            mask = mask.to(x.device).bool()
-            if video.shape != x.shape or mask.shape != (x.shape[0], x.shape[2]):
-                raise ValueError(
-                    f"context=(video, mask) must be {tuple(x.shape)} and "
-                    f"{(x.shape[0], x.shape[2])}; got {tuple(video.shape)}, {tuple(mask.shape)}."
-                )
+            video, mask = given_frames(context, x)
             given = mask[:, None, :, None, None]
             state["context"] = (video, given)
             x = torch.where(given, video, x)
