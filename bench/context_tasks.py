@@ -1,7 +1,7 @@
 """Prediction, interpolation and long videos of a frame-conditioned checkpoint, measured.
 
     python bench/context_tasks.py --ckpt outputs/runs/<run>/checkpoints/last.ckpt
-        [--clips 64] [--per-clip 4] [--long 64] [--png DIR]
+        [--clips 64] [--per-clip 4] [--long 64] [--png DIR] [--tasks predict,interpolate,long]
 
 On validation clips of the checkpoint's data: prediction (the first 4 of 8 frames given) and
 interpolation (the first 2 and last 2 given), each scored by PSNR / SSIM of the generated frames
@@ -93,6 +93,12 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, help="guidance scale; default: the run's")
     parser.add_argument("--batch", type=int, default=32, help="clips per forward pass")
     parser.add_argument("--png", type=Path, help="write frame strips here")
+    parser.add_argument(
+        "--no-unconditional", action="store_true", help="skip sampling without the given frames"
+    )
+    parser.add_argument(
+        "--tasks", default="predict,interpolate,long", help="comma-separated subset to measure"
+    )
     args = parser.parse_args()
     print(header())
     if not args.ckpt:  # make bench runs every script bare
@@ -107,10 +113,18 @@ def main() -> None:
     if guidance is None:
         guidance = OmegaConf.select(run_cfg, "callbacks.sample_videos.guidance_scale", default=1.0)
     window = data_cfg.clip_len
+    tasks = set(args.tasks.split(","))
+    unknown = tasks - {"predict", "interpolate", "long"}
+    if unknown:
+        parser.error(
+            f"--tasks: unknown {', '.join(sorted(unknown))}; use predict, interpolate, long"
+        )
     print(f"# {args.ckpt}, step {loaded.global_step}, {loaded.weights} weights, "
           f"{args.sampler}-{args.steps}, guidance {guidance:g}")  # fmt: skip
 
     for task, given in (("predict", window // 2), ("interpolate", window // 4)):
+        if task not in tasks:
+            continue
         start = time.perf_counter()
         samples, reals = [], []
 
@@ -121,13 +135,15 @@ def main() -> None:
         batches = real_batches(data_cfg, "val", args.clips, 0, max(1, args.batch // args.per_clip))
         result = evaluate_context_task(
             module, sampler, task, batches, given, args.per_clip, args.batch,
-            guidance_scale=guidance, on_samples=keep,
+            guidance_scale=guidance, on_samples=keep, unconditional=not args.no_unconditional,
         )  # fmt: skip
         generated, real = np.concatenate(samples), np.concatenate(reals)
         print(f"\n## {task}, {given} given, {result['clips']} clips × {args.per_clip} samples "
               f"({time.perf_counter() - start:.0f} s)\n")  # fmt: skip
         print("| | PSNR mean | PSNR best | SSIM mean | SSIM best |\n|---|---:|---:|---:|---:|")
         for name in ("model", "unconditional", "baseline"):
+            if name not in result:
+                continue
             m = result[name]
             print(f"| {name} | {m['psnr']['mean']:.2f} | {m['psnr']['best']:.2f} | "
                   f"{m['ssim']['mean']:.3f} | {m['ssim']['best']:.3f} |")  # fmt: skip
@@ -136,22 +152,24 @@ def main() -> None:
         if args.png:
             first = generated[:: args.per_clip][:8]
             save_png(args.png / f"{task}.png", strip(np.concatenate([first, real[:8]])))
+    if "long" in tasks:
+        measure_long(module, sampler, data_cfg, args, guidance)
 
+
+def measure_long(module, sampler, data_cfg, args: argparse.Namespace, guidance: float) -> None:
+    """Long videos continuing validation clips: empty frames, and neighbouring-frame scores
+    inside windows against those at window joins."""
+    window = data_cfg.clip_len
     start = time.perf_counter()
     batch = next(iter(real_batches(data_cfg, "val", args.long_clips, 1, args.long_clips)))
     overlap = window // 2
     labels = batch["label"].tolist() if module.num_classes and "label" in batch else None
-    # Continue the first `overlap` frames of each validation clip (each clip its own opening).
     openings = batch["video"][:, :, :overlap]
-    videos = torch.cat(
-        [
-            sample_long_videos(
-                module, sampler, tuple(openings.shape[i] for i in (1, 3, 4)), args.long, window,
-                overlap, openings[i], None if labels is None else [labels[i]], 1,
-                batch_size=args.batch, guidance_scale=guidance if labels else 1.0, seed=i,
-            )
-            for i in range(len(openings))
-        ]
+    # Every clip continues its own opening, all clips in one batch per window.
+    videos = sample_long_videos(
+        module, sampler, tuple(openings.shape[i] for i in (1, 3, 4)), args.long, window, overlap,
+        openings, labels, len(openings), batch_size=args.batch,
+        guidance_scale=guidance if labels else 1.0,
     )  # fmt: skip
     clips = to_uint8(videos)
     joins = list(range(window, args.long, window - overlap))

@@ -7,10 +7,15 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 from conftest import compose_config, frame_index_video
 
 from vdm.data.dataset import read_video_start
+from vdm.diffusion.samplers import DDIMSampler
 from vdm.evaluate import run as evaluate
+from vdm.generation import sample_long_videos
+from vdm.prediction import evaluate_context_task
+from vdm.sample import load_run
 from vdm.sample import run as sample
 from vdm.video_io import write_mp4
 
@@ -94,6 +99,17 @@ def test_extend_samples_long_videos_window_by_window(
         np.testing.assert_array_equal(saved["videos"][:, :4], np.stack([real, real]))
 
 
+def test_long_videos_continue_each_samples_own_opening(context_ckpt):
+    """Openings of shape (N, C, k, H, W): sample i starts with opening i, bit for bit."""
+    module = load_run(context_ckpt).module
+    openings = torch.rand(3, 3, 4, 32, 32) * 2 - 1
+    videos = sample_long_videos(
+        module, DDIMSampler(steps=2), (3, 32, 32), 12, 8, 4, openings, None, 3, batch_size=2
+    )
+    assert videos.shape == (3, 3, 12, 32, 32)
+    torch.testing.assert_close(videos[:, :, :4], openings, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -170,3 +186,19 @@ def test_evaluate_adds_fvd_of_the_completed_clips_when_an_extractor_is_given(
     report = evaluate(cfg)
     assert report["metrics"]["fvd"] is None or report["metrics"]["fvd"] >= 0
     assert report["protocol"]["extractor"]["feature_dim"] == FEATURES
+
+
+def test_scoring_without_the_unconditional_samples_keeps_the_models_scores(context_ckpt):
+    """The unconditional samples are an extra pass: leaving them out changes no other number."""
+    module = load_run(context_ckpt).module
+    clips = torch.rand(2, 3, 8, 32, 32) * 2 - 1
+
+    def run(unconditional: bool) -> dict:
+        return evaluate_context_task(
+            module, DDIMSampler(steps=2), "predict", [{"video": clips}], 4, 2, 4,
+            unconditional=unconditional,
+        )  # fmt: skip
+
+    both, without = run(True), run(False)
+    assert "unconditional" in both and "unconditional" not in without
+    assert without["model"] == both["model"] and without["baseline"] == both["baseline"]

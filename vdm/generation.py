@@ -135,7 +135,8 @@ def sample_long_videos(
 
     Args:
         frame_shape: ``(C, H, W)``.
-        first: given opening frames ``(C, k, H, W)`` shared by every sample, or None.
+        first: given opening frames ``(C, k, H, W)`` shared by every sample, one per sample
+            ``(N, C, k, H, W)``, or None.
         **options: passed to :func:`sample_videos` (batch_size, guidance_scale, seed, ...).
 
     Returns:
@@ -150,7 +151,7 @@ def sample_long_videos(
             window_index=index, **options,
         )  # fmt: skip
 
-    if first is not None:
+    if first is not None and first.dim() == 4:
         first = first[None].expand(num_samples, *first.shape)
     return extend_video(sample_window, (num_samples, c, h, w), total_frames, window, overlap, first)
 

@@ -73,6 +73,7 @@ def evaluate_context_task(
     seed: int = 0,
     precision: str = "32-true",
     on_samples=None,
+    unconditional: bool = True,
 ) -> dict:
     """Score ``task`` (``predict`` or ``interpolate``) on real clips.
 
@@ -81,11 +82,13 @@ def evaluate_context_task(
         given: frames given (at each end for interpolation).
         per_clip: samples per clip (N).
         on_samples: optional ``fn(clips, samples)`` called per batch (e.g. to feed FVD).
+        unconditional: also sample the model without the given frames (half the time).
 
     Returns:
         ``{"model": {...}, "unconditional": {...}, "baseline": {...}, "clips": count}`` with
         ``{"psnr": {"mean", "best"}, "ssim": {"mean", "best"}}`` each: the model given the
-        frames, the same model sampled without them, and the model-free baseline.
+        frames, the same model sampled without them (left out when ``unconditional`` is
+        False), and the model-free baseline.
     """
     results: dict[str, dict[str, list[torch.Tensor]]] = {
         "model": {"psnr": [], "ssim": []},
@@ -110,8 +113,13 @@ def evaluate_context_task(
         samples = sample_videos(
             module, sampler, shape, labels, len(repeated), batch_size, context=context, **options
         )
-        plain = sample_videos(module, sampler, shape, labels, len(repeated), batch_size, **options)
-        for name, videos in (("model", samples), ("unconditional", plain)):
+        scored = [("model", samples)]
+        if unconditional:
+            plain = sample_videos(
+                module, sampler, shape, labels, len(repeated), batch_size, **options
+            )
+            scored.append(("unconditional", plain))
+        for name, videos in scored:
             for metric, v in score(videos, clips, mask, per_clip).items():
                 results[name][metric].append(v)
         for metric, v in score(baseline(task, clips, mask), clips, mask, 1).items():
@@ -119,5 +127,5 @@ def evaluate_context_task(
         if on_samples is not None:
             on_samples(clips, samples)
         count += b
-    report = {name: summarise(values) for name, values in results.items()}
+    report = {name: summarise(values) for name, values in results.items() if values["psnr"]}
     return {**report, "clips": count, "samples_per_clip": per_clip}
