@@ -174,10 +174,10 @@ def measure_long(module, sampler, data_cfg, args: argparse.Namespace, guidance: 
     clips = to_uint8(videos)
     joins = list(range(window, args.long, window - overlap))
     inside = [f for f in range(overlap + 1, args.long) if f not in joins]
-    stats = {"inside": ([], []), "joins": ([], [])}
+    stats = {"inside windows": ([], []), "at window joins": ([], [])}
     for clip in clips:
         labels_ = palette_labels(clip)
-        for name, pairs in (("inside", inside), ("joins", joins)):
+        for name, pairs in (("inside windows", inside), ("at window joins", joins)):
             s, m = pair_scores(labels_, pairs)
             stats[name][0].extend(s)
             stats[name][1].extend(m)
@@ -188,7 +188,7 @@ def measure_long(module, sampler, data_cfg, args: argparse.Namespace, guidance: 
     table([("all frames", whole), ("last 16 frames", last)])
     print("\n| neighbouring pairs | colour stability | frame match |\n|---|---:|---:|")
     for name, (s, m) in stats.items():
-        print(f"| {name} windows ({len(s)} pairs) | {np.mean(s):.2f} | {np.mean(m):.2f} |")
+        print(f"| {name} ({len(s)} pairs) | {np.mean(s):.2f} | {np.mean(m):.2f} |")
     if args.png:
         save_png(args.png / "long.png", strip(clips[:4]))
 
