@@ -90,11 +90,8 @@ def evaluate_context_task(
         frames, the same model sampled without them (left out when ``unconditional`` is
         False), and the model-free baseline.
     """
-    results: dict[str, dict[str, list[torch.Tensor]]] = {
-        "model": {"psnr": [], "ssim": []},
-        "unconditional": {"psnr": [], "ssim": []},
-        "baseline": {"psnr": [], "ssim": []},
-    }
+    names = ["model", "unconditional", "baseline"] if unconditional else ["model", "baseline"]
+    results = {name: {"psnr": [], "ssim": []} for name in names}
     count = 0
     for index, batch in enumerate(batches):
         clips = batch["video"].float()
@@ -127,5 +124,5 @@ def evaluate_context_task(
         if on_samples is not None:
             on_samples(clips, samples)
         count += b
-    report = {name: summarise(values) for name, values in results.items() if values["psnr"]}
+    report = {name: summarise(values) for name, values in results.items()}
     return {**report, "clips": count, "samples_per_clip": per_clip}
