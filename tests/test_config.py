@@ -185,12 +185,9 @@ def test_every_context_key_reaches_the_masks_and_the_model():
         "context.masks.prefix=2",
         "context.masks.interpolate=3",
         "context.masks.random=4",
-        "context.masks.noise_aug_prob=0.5",
-        "context.masks.noise_aug_max=0.05",
     )
     masks = build_context_masks(cfg)
     assert masks.shares.tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
-    assert (masks.noise_aug_prob, masks.noise_aug_max) == (0.5, 0.05)
     assert build_model(cfg).frame_conditioning is True
 
 

@@ -70,20 +70,9 @@ def test_short_clips_fall_back_to_no_context():
     assert not ContextMasks(none=0, prefix=1, interpolate=0, random=0).sample(50, 1).any()
 
 
-def test_augmentation_steps_are_off_by_default_and_bounded_when_on():
-    assert ContextMasks().augmentation_steps(8, 1000) is None
-    steps = ContextMasks(noise_aug_prob=0.5, noise_aug_max=0.1).augmentation_steps(
-        10_000, 1000, torch.Generator().manual_seed(0)
-    )
-    assert abs((steps > 0).float().mean() - 0.5) < 0.03
-    assert steps.max() <= 100 and steps[steps > 0].min() >= 1
-
-
 def test_bad_shares_are_clear_errors():
     with pytest.raises(ValueError, match="shares"):
         ContextMasks(none=-1)
-    with pytest.raises(ValueError, match="noise_aug_prob"):
-        ContextMasks(noise_aug_prob=2)
 
 
 def test_task_masks_and_their_errors():
@@ -134,26 +123,6 @@ def test_given_frames_enter_clean_at_step_zero_and_leave_the_loss():
     for i in range(3):
         expected = x0[i][:, ~context[i]].pow(2).mean() * weights[i]
         assert torch.allclose(per_sample[i], expected, rtol=1e-6)
-
-
-def test_context_noise_augmentation_noises_given_frames_of_chosen_clips():
-    process = diffusion()
-    x0, noise = torch.randn(2, 1, 4, 2, 2), torch.randn(2, 1, 4, 2, 2)
-    context = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
-    seen = {}
-
-    def model_fn(x, t_frames, context=None):
-        seen.update(x=x, t=t_frames)
-        return torch.zeros_like(x)
-
-    process.training_loss(
-        model_fn, x0, t=torch.tensor([500, 500]), noise=noise, context=context,
-        context_t=torch.tensor([50, 0]),
-    )  # fmt: skip
-    assert seen["t"].tolist() == [[50, 50, 500, 500], [0, 500, 500, 500]]
-    noised = process.q_sample(x0, torch.tensor([50, 50]), noise)
-    assert torch.equal(seen["x"][0, :, :2], noised[0, :, :2])
-    assert torch.equal(seen["x"][1, :, 0], x0[1, :, 0])  # not augmented: clean
 
 
 # -- samplers ----------------------------------------------------------------------------------

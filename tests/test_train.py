@@ -87,7 +87,7 @@ def test_resumed_run_ends_exactly_where_the_uninterrupted_one_does(
 
     The interrupted run keeps the full run's LR schedule (total_steps=6), as a run killed at
     step 3 would have; a shorter max_steps alone would also shorten the cosine decay. With
-    context=mixed each step's given frames (and their noise) are drawn from the step's seed too.
+    context=mixed each step's given frames are drawn from the step's seed too.
     With 2 batches per step the checkpoint still falls between steps (val_check_interval counts
     steps), and the second epoch starts in the middle of the run. Rectified flow draws its
     (logit-normal) times from the step's seed as DDPM draws its steps.
@@ -97,7 +97,6 @@ def test_resumed_run_ends_exactly_where_the_uninterrupted_one_does(
         "trainer.val_check_interval=3",
         "lr_scheduler.total_steps=6",
         f"context={context}",
-        "context.masks.noise_aug_prob=0.5" if context == "mixed" else "seed=42",
         f"trainer.accumulate_grad_batches={accumulate}",
         f"diffusion={diffusion}",
     ]

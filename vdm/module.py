@@ -136,10 +136,8 @@ class VideoDiffusionModule(LightningModule):
         noise = self.diffusion.noise(video.shape, generator, self.device)
         context = {}
         if self.context_masks is not None:  # drawn after t and ε: context=none draws as before
-            masks = self.context_masks
-            context["context"] = masks.sample(b, video.shape[2], generator, self.device)
-            steps = masks.augmentation_steps(b, self.diffusion.num_steps, generator, self.device)
-            context["context_t"] = steps
+            masks = self.context_masks.sample(b, video.shape[2], generator, self.device)
+            context["context"] = masks
         return self.diffusion.training_loss(
             self.denoiser, video, t=t, noise=noise.to(video.dtype), labels=labels, **context
         )

@@ -28,11 +28,6 @@ class ContextMasks:
     Every clip keeps at least one frame to generate. Clips too short for a kind (a prefix needs
     T ≥ 2, interpolation T ≥ 3) get no context instead.
 
-    Context noise augmentation (off by default): for a share ``noise_aug_prob`` of the clips, the
-    given frames enter lightly noised, at a step drawn uniformly in ``[1, noise_aug_max·T]`` (T
-    the diffusion's steps) instead of clean, so a model rolling out a long video learns not to
-    trust its own slightly-off frames blindly.
-
     Example:
         >>> masks = ContextMasks(none=0.3, prefix=0.35, interpolate=0.2, random=0.15)
         >>> masks.sample(4, 8, torch.Generator().manual_seed(0)).shape
@@ -43,8 +38,6 @@ class ContextMasks:
         prefix: share of clips whose first frames are given.
         interpolate: share of clips whose first and last frames are given.
         random: share of clips with a random subset of given frames.
-        noise_aug_prob: share of clips whose given frames are noised (0 = always clean).
-        noise_aug_max: the highest augmentation step as a fraction of the diffusion's steps.
     """
 
     KINDS = ("none", "prefix", "interpolate", "random")
@@ -55,8 +48,6 @@ class ContextMasks:
         prefix: float = 0.35,
         interpolate: float = 0.2,
         random: float = 0.15,
-        noise_aug_prob: float = 0.0,
-        noise_aug_max: float = 0.1,
     ) -> None:
         shares = torch.tensor([none, prefix, interpolate, random], dtype=torch.float64)
         if (shares < 0).any() or shares.sum() <= 0:
@@ -64,13 +55,7 @@ class ContextMasks:
                 f"context.masks shares must be >= 0 with a positive sum, got none={none}, "
                 f"prefix={prefix}, interpolate={interpolate}, random={random}."
             )
-        if not 0 <= noise_aug_prob <= 1 or not 0 < noise_aug_max <= 1:
-            raise ValueError(
-                f"context.masks.noise_aug_prob must be in [0, 1] and noise_aug_max in (0, 1], "
-                f"got {noise_aug_prob} and {noise_aug_max}."
-            )
         self.shares = shares / shares.sum()
-        self.noise_aug_prob, self.noise_aug_max = noise_aug_prob, noise_aug_max
 
     def sample(
         self,
@@ -114,18 +99,6 @@ class ContextMasks:
         if frames >= 2:
             masks = torch.where((kind == 3)[:, None], subset, masks)
         return masks
-
-    def augmentation_steps(
-        self, batch: int, num_steps: int, generator: torch.Generator | None = None, device="cpu"
-    ) -> torch.Tensor | None:
-        """Long ``(batch,)``: the step at which each clip's given frames enter (0 = clean), or
-        None when augmentation is off."""
-        if self.noise_aug_prob == 0:
-            return None
-        top = max(1, int(self.noise_aug_max * num_steps))
-        steps = torch.randint(1, top + 1, (batch,), generator=generator, device=device)
-        noised = torch.rand(batch, generator=generator, device=device) < self.noise_aug_prob
-        return torch.where(noised, steps, torch.zeros_like(steps))
 
 
 def task_mask(task: str, frames: int, given: int, device: torch.device | str = "cpu"):

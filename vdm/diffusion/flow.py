@@ -134,7 +134,6 @@ class FlowMatching:
         loss_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         context: torch.Tensor | None = None,
-        context_t: torch.Tensor | None = None,
         **cond,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The MSE between the predicted and the true velocity, as
@@ -144,9 +143,6 @@ class FlowMatching:
             t: float times ``(B,)`` in [0, 1]; drawn when None.
             context: bool ``(B, T)``, True for given frames: they enter clean and at time 0,
                 and are left out of the loss.
-            context_t: ``(B,)`` times of the given frames (context noise augmentation): float
-                in [0, 1], or integer steps out of :attr:`num_steps` (what
-                :class:`~vdm.diffusion.context.ContextMasks` draws); 0 = clean.
         """
         batch = x0.shape[0]
         if t is None:
@@ -158,14 +154,8 @@ class FlowMatching:
             out = model_fn(x_t, self.model_time(t), **cond)
         else:
             given = context.bool()
-            x_given, t_given = x0, torch.zeros_like(t)
-            if context_t is not None:
-                t_given = context_t.float()
-                if not context_t.is_floating_point():
-                    t_given = t_given / self.num_steps
-                x_given = self.q_sample(x0, t_given, noise)
-            x_in = torch.where(given[:, None, :, None, None], x_given, x_t)
-            t_frames = torch.where(given, t_given[:, None], t[:, None])
+            x_in = torch.where(given[:, None, :, None, None], x0, x_t)
+            t_frames = torch.where(given, 0.0, t[:, None])
             out = model_fn(x_in, self.model_time(t_frames), context=given, **cond)
             generated = (~given).to(x0.dtype)
             loss_mask = generated if loss_mask is None else loss_mask * generated

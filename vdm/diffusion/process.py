@@ -287,7 +287,6 @@ class GaussianDiffusion:
         loss_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         context: torch.Tensor | None = None,
-        context_t: torch.Tensor | None = None,
         **cond,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Noise ``x0`` at random steps, run the denoiser and return the weighted MSE.
@@ -303,8 +302,6 @@ class GaussianDiffusion:
             context: optional bool ``(B, T)``, True for given frames: they enter clean
                 (``x_in = where(context, x0, x_t)``), the model sees them at step 0 in the
                 per-frame steps ``t_frames (B, T)``, and they are left out of the loss.
-            context_t: optional long ``(B,)``: the step at which each clip's given frames enter
-                instead (context noise augmentation; 0 = clean).
             **cond: passed to ``model_fn`` (e.g. ``labels``).
 
         Returns:
@@ -322,14 +319,8 @@ class GaussianDiffusion:
             out = model_fn(x_t, t, **cond)
         else:
             given = context.bool()
-            x_given, t_given = x0, torch.zeros_like(t)
-            if context_t is not None:
-                # Augmented clips: the given frames carry the noise of a low step (clean at 0).
-                noised = self.q_sample(x0, context_t, noise)
-                x_given = torch.where(broadcast_like(context_t > 0, x0), noised, x0)
-                t_given = context_t
-            x_in = torch.where(given[:, None, :, None, None], x_given, x_t)
-            t_frames = torch.where(given, t_given[:, None], t[:, None])
+            x_in = torch.where(given[:, None, :, None, None], x0, x_t)
+            t_frames = torch.where(given, 0, t[:, None])
             out = model_fn(x_in, t_frames, context=given, **cond)
             generated = (~given).to(x0.dtype)
             loss_mask = generated if loss_mask is None else loss_mask * generated
