@@ -5,7 +5,11 @@ import itertools
 import pytest
 import torch
 from gaussian_oracle import marginal, optimal_denoiser
+from rich.progress import Progress
 
+from vdm.diffusion import sampling_loop
+from vdm.diffusion.flow import FlowMatching
+from vdm.diffusion.flow_samplers import FlowHeunSampler
 from vdm.diffusion.process import GaussianDiffusion
 from vdm.diffusion.samplers import (
     DDIMSampler,
@@ -202,12 +206,38 @@ def test_same_seed_same_sample(name):
     assert not torch.equal(run(0), run(1))
 
 
-def test_progress_bar_runs(capsys):
-    diffusion = GaussianDiffusion(NoiseSchedule(num_steps=10))
-    out = DDIMSampler(steps=10).sample(
-        diffusion, lambda x, t: torch.zeros_like(x), (2,), progress=True
-    )
-    assert out.shape == (2,)
+PROGRESS_CASES = {  # sampler, its process, steps, model calls per step
+    "ddim": (DDIMSampler(steps=4), GaussianDiffusion(NoiseSchedule(num_steps=10)), 4, 1),
+    "dpm++": (DPMSolverSampler(steps=3), GaussianDiffusion(NoiseSchedule(num_steps=10)), 3, 1),
+    "heun": (FlowHeunSampler(steps=3), FlowMatching(), 3, 2),
+}
+
+
+@pytest.mark.parametrize("name", list(PROGRESS_CASES))
+def test_progress_bar_advances_once_per_step(monkeypatch, name):
+    sampler, process, steps, calls_per_step = PROGRESS_CASES[name]
+    bars = []
+
+    class RecordingProgress(Progress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(sampling_loop, "Progress", RecordingProgress)
+    calls = []
+
+    def model_fn(x, t):
+        calls.append(t)
+        return torch.zeros_like(x)
+
+    for progress in (True, False):
+        sampler.sample(process, model_fn, (2, 3), progress=progress)
+    shown, hidden = bars
+    assert not shown.disable and hidden.disable  # progress=True is what turns the bar on
+    (task,) = shown.tasks
+    assert task.description == type(sampler).__name__
+    assert task.total == steps and task.completed == steps and task.finished
+    assert len(calls) == 2 * steps * calls_per_step
 
 
 # -- classifier-free guidance ------------------------------------------------------------------

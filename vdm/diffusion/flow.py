@@ -14,11 +14,11 @@ embedding serves both processes: a DDPM step index and a flow time land on the s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
-from vdm.diffusion.process import broadcast_like, per_sample_mse
+from vdm.diffusion.objective import TrainingObjective
+from vdm.diffusion.process import broadcast_like
 
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal", "mode")
 
@@ -41,8 +41,12 @@ def shift_for(frames: int, height: int, width: int, base_pixels: int = 32 * 32 *
     return math.sqrt(frames * height * width / base_pixels)
 
 
-class FlowMatching:
+class FlowMatching(TrainingObjective):
     """Rectified-flow training: the same role and interface as :class:`GaussianDiffusion`.
+
+    :meth:`~TrainingObjective.training_loss` is the MSE between the predicted and the true
+    velocity, unweighted; ``t`` there is a float time ``(B,)`` in [0, 1], shown to the model as
+    :meth:`model_time` (given frames at time 0).
 
     Example:
         >>> flow = FlowMatching(timestep_sampling="logit_normal", shift=1.0)
@@ -82,16 +86,6 @@ class FlowMatching:
         self.logit_mean, self.logit_std, self.mode_scale = logit_mean, logit_std, mode_scale
         self.shift = shift
 
-    def noise(
-        self,
-        shape: tuple[int, ...] | torch.Size,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> torch.Tensor:
-        """Standard normal ε of ``shape``."""
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """What the denoiser is given for time ``t``: ``t · 1000`` (float)."""
         return t.float() * self.num_steps
@@ -123,41 +117,3 @@ class FlowMatching:
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``x0 = x_t − t·v`` for times ``t (B,)``."""
         return x_t - broadcast_like(t.to(x_t.dtype), x_t) * v
-
-    def training_loss(
-        self,
-        model_fn: Callable[..., torch.Tensor],
-        x0: torch.Tensor,
-        *,
-        t: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-        loss_mask: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        context: torch.Tensor | None = None,
-        **cond,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The MSE between the predicted and the true velocity, as
-        :meth:`GaussianDiffusion.training_loss` (same arguments and returns).
-
-        Args:
-            t: float times ``(B,)`` in [0, 1]; drawn when None.
-            context: bool ``(B, T)``, True for given frames: they enter clean and at time 0,
-                and are left out of the loss.
-        """
-        batch = x0.shape[0]
-        if t is None:
-            t = self.sample_timesteps(batch, x0.device, generator)
-        if noise is None:
-            noise = self.noise(x0.shape, generator, x0.device, x0.dtype)
-        x_t = self.q_sample(x0, t, noise)
-        if context is None:
-            out = model_fn(x_t, self.model_time(t), **cond)
-        else:
-            given = context.bool()
-            x_in = torch.where(given[:, None, :, None, None], x0, x_t)
-            t_frames = torch.where(given, 0.0, t[:, None])
-            out = model_fn(x_in, self.model_time(t_frames), context=given, **cond)
-            generated = (~given).to(x0.dtype)
-            loss_mask = generated if loss_mask is None else loss_mask * generated
-        per_sample = per_sample_mse(out, self.target(x0, noise, t), loss_mask)
-        return per_sample.mean(), per_sample, t

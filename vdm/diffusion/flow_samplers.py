@@ -9,12 +9,15 @@ x_T=None, progress=False, device=None, context=None)``, with ``model_fn(x, t)`` 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
-from rich.progress import Progress
 
 from vdm.diffusion.flow import FlowMatching, shift_time
-from vdm.diffusion.samplers import ModelFn, given_frames
+from vdm.diffusion.sampling_loop import ProcessModel, SamplingLoop
+
+# velocity(x, t) -> v: the model at the sample x and one float time t in [0, 1].
+Velocity = Callable[[torch.Tensor, float], torch.Tensor]
 
 
 def flow_sigmas(steps: int, shift: float, num_train_steps: int = 1000) -> torch.Tensor:
@@ -32,14 +35,21 @@ def flow_sigmas(steps: int, shift: float, num_train_steps: int = 1000) -> torch.
     return torch.cat([shift_time(grid, shift), torch.zeros(1, dtype=torch.float64)])
 
 
-class FlowSampler:
+class FlowSampler(SamplingLoop):
     """Integrates ``dx/dt = v(x, t)`` from t = 1 (noise) to t = 0 over :func:`flow_sigmas`.
+
+    Subclasses implement :meth:`step`; the loop is :meth:`SamplingLoop.sample`.
 
     Args:
         steps: time steps (Heun calls the model twice per step).
         shift: the time grid's shift; None = the process's ``shift``.
     """
 
+    process_kind = "flow"
+    wrong_process = (
+        "integrates a rectified flow, but the model was trained with DDPM: use sampler=ddim, "
+        "ddpm or dpmpp (or train with diffusion=flow)."
+    )
     order = 1
 
     def __init__(self, steps: int = 20, shift: float | None = None) -> None:
@@ -48,60 +58,34 @@ class FlowSampler:
         self.steps, self.shift = steps, shift
 
     def sigmas(self, process: FlowMatching) -> torch.Tensor:
+        """The ``steps + 1`` descending times visited (:func:`flow_sigmas`), float64."""
         return flow_sigmas(self.steps, process.shift if self.shift is None else self.shift)
 
-    @torch.no_grad()
-    def sample(
+    def intervals(self, process: FlowMatching) -> list[tuple[float, float]]:
+        """``(σ, σ_next)`` for every step, from 1 down to 0."""
+        return list(itertools.pairwise(self.sigmas(process).tolist()))
+
+    def move(
         self,
         process: FlowMatching,
-        model_fn: ModelFn,
-        shape: tuple[int, ...],
-        generator: torch.Generator | None = None,
-        x_T: torch.Tensor | None = None,
-        progress: bool = False,
-        device: torch.device | str | None = None,
-        context: tuple[torch.Tensor, torch.Tensor] | None = None,
+        x: torch.Tensor,
+        t: float,
+        t_next: float,
+        model: ProcessModel,
+        generator: torch.Generator | None,
+        state: dict,
     ) -> torch.Tensor:
-        """A sample of ``shape`` from noise ``x_T`` (drawn from ``generator`` when None).
-
-        ``context=(video, mask)``: frames where the bool ``(B, T)`` mask is True are given;
-        they stay exactly as given and the model sees them at time 0.
-        """
-        if not isinstance(process, FlowMatching):
-            raise ValueError(
-                f"sampler={type(self).__name__} integrates a rectified flow, but the model was "
-                "trained with DDPM: use sampler=ddim, ddpm or dpmpp (or train with "
-                "diffusion=flow)."
-            )
-        if device is None:
-            device = x_T.device if x_T is not None else (generator.device if generator else "cpu")
-        x = x_T.to(device=device, dtype=torch.float32) if x_T is not None else None
-        if x is None:
-            x = process.noise(shape, generator, device)
-        mask = given = video = None
-        if context is not None:
-            video, mask = given_frames(context, x)
-            given = mask[:, None, :, None, None]
-            x = torch.where(given, video, x)
+        """:meth:`step` from ``t`` to ``t_next``, with the model as a velocity field."""
 
         def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
-            t = torch.full((x.shape[0],), sigma, device=x.device, dtype=torch.float32)
-            if mask is None:
-                return model_fn(x, process.model_time(t)).float()
-            t_frames = torch.where(mask, 0.0, t[:, None])  # given frames: clean, time 0
-            return model_fn(x, process.model_time(t_frames), context=mask).float()
+            return model(x, torch.full((x.shape[0],), sigma, device=x.device, dtype=torch.float32))
 
-        sigmas = self.sigmas(process).tolist()
-        with Progress(transient=True, disable=not progress) as bar:
-            task = bar.add_task(type(self).__name__, total=self.steps)
-            for sigma, sigma_next in itertools.pairwise(sigmas):
-                x = self.step(x, sigma, sigma_next, velocity)
-                if given is not None:
-                    x = torch.where(given, video, x)
-                bar.advance(task)
-        return x
+        return self.step(x, t, t_next, velocity)
 
-    def step(self, x, sigma: float, sigma_next: float, velocity) -> torch.Tensor:
+    def step(
+        self, x: torch.Tensor, sigma: float, sigma_next: float, velocity: Velocity
+    ) -> torch.Tensor:
+        """The sample at ``sigma_next`` from ``x`` at ``sigma``."""
         raise NotImplementedError
 
 
@@ -109,7 +93,9 @@ class FlowEulerSampler(FlowSampler):
     """Euler's method: ``x ← x + (σ_next − σ)·v(x, σ)``, one model call per step (diffusers'
     ``FlowMatchEulerDiscreteScheduler``)."""
 
-    def step(self, x, sigma, sigma_next, velocity):
+    def step(
+        self, x: torch.Tensor, sigma: float, sigma_next: float, velocity: Velocity
+    ) -> torch.Tensor:
         return x + (sigma_next - sigma) * velocity(x, sigma)
 
 
@@ -121,7 +107,9 @@ class FlowHeunSampler(FlowSampler):
 
     order = 2
 
-    def step(self, x, sigma, sigma_next, velocity):
+    def step(
+        self, x: torch.Tensor, sigma: float, sigma_next: float, velocity: Velocity
+    ) -> torch.Tensor:
         v = velocity(x, sigma)
         x_euler = x + (sigma_next - sigma) * v
         return x + (sigma_next - sigma) * 0.5 * (v + velocity(x_euler, sigma_next))

@@ -17,11 +17,10 @@ for training and by every sampler).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
+from vdm.diffusion.objective import TrainingObjective
 from vdm.diffusion.schedule import NoiseSchedule
 
 PREDICTIONS = ("eps", "x0", "v")
@@ -33,10 +32,12 @@ def broadcast_like(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return values.reshape(values.shape[0], *([1] * (x.dim() - 1)))
 
 
-class GaussianDiffusion:
+class GaussianDiffusion(TrainingObjective):
     """DDPM forward process, training targets and loss weighting over a :class:`NoiseSchedule`.
 
-    Knows nothing of networks: a denoiser enters only as ``model_fn(x_t, t, **cond)``.
+    Knows nothing of networks: a denoiser enters only as ``model_fn(x_t, t, **cond)``, with
+    ``t`` the long step itself. :meth:`~TrainingObjective.training_loss` comes from
+    :class:`TrainingObjective`; this class weighs it by :meth:`loss_weights`.
 
     Example:
         >>> diffusion = GaussianDiffusion(NoiseSchedule("cosine"), prediction="v")
@@ -163,7 +164,7 @@ class GaussianDiffusion:
         once per video (broadcast over T). With ρ = 0 it is exactly ``torch.randn`` from
         ``generator``: the same numbers as before the option existed.
         """
-        eps = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        eps = super().noise(shape, generator, device, dtype)
         rho = self.frame_noise_correlation
         if rho == 0:
             return eps
@@ -277,92 +278,14 @@ class GaussianDiffusion:
         """Uniform long step indices ``(batch_size,)`` in ``[0, num_steps)``."""
         return torch.randint(0, self.num_steps, (batch_size,), device=device, generator=generator)
 
-    def training_loss(
-        self,
-        model_fn: Callable[..., torch.Tensor],
-        x0: torch.Tensor,
-        *,
-        t: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-        loss_mask: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        context: torch.Tensor | None = None,
-        **cond,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Noise ``x0`` at random steps, run the denoiser and return the weighted MSE.
-
-        Args:
-            model_fn: ``model_fn(x_t, t, **cond) -> output`` of kind ``prediction``; with
-                ``context`` it is called as ``model_fn(x_in, t_frames, context=context, **cond)``.
-            x0: clean video ``(B, C, T, H, W)`` in ``[-1, 1]``.
-            t: step indices ``(B,)``; drawn uniformly when None (fix them for validation).
-            noise: ε shaped like ``x0``; drawn when None (fix it for validation).
-            loss_mask: optional ``(B, T)`` of 0/1: frames with 0 are left out of the loss.
-            generator: RNG for ``t`` and ``noise`` when they are drawn.
-            context: optional bool ``(B, T)``, True for given frames: they enter clean
-                (``x_in = where(context, x0, x_t)``), the model sees them at step 0 in the
-                per-frame steps ``t_frames (B, T)``, and they are left out of the loss.
-            **cond: passed to ``model_fn`` (e.g. ``labels``).
-
-        Returns:
-            ``(loss, per_sample_loss, t)``: the scalar mean loss, the weighted loss of each
-            sample ``(B,)`` (float32; its mean is ``loss``; for logging per timestep), and the
-            steps used.
-        """
-        batch = x0.shape[0]
-        if t is None:
-            t = self.sample_timesteps(batch, x0.device, generator)
-        if noise is None:
-            noise = self.noise(x0.shape, generator, x0.device, x0.dtype)
-        x_t = self.q_sample(x0, t, noise)
-        if context is None:
-            out = model_fn(x_t, t, **cond)
-        else:
-            given = context.bool()
-            x_in = torch.where(given[:, None, :, None, None], x0, x_t)
-            t_frames = torch.where(given, 0, t[:, None])
-            out = model_fn(x_in, t_frames, context=given, **cond)
-            generated = (~given).to(x0.dtype)
-            loss_mask = generated if loss_mask is None else loss_mask * generated
-        per_sample = per_sample_mse(out, self.target(x0, noise, t), loss_mask)
+    def loss_weights(self, t: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """The per-sample weights ``(B,)`` that :meth:`training_loss` applies:
+        :meth:`loss_weight` by ``loss_weighting``, and by ``context_loss_weighting`` for the
+        samples with a given frame in ``context (B, T)``."""
         weight = self.loss_weight(t)
         if context is not None and self.context_loss_weighting != self.loss_weighting:
             with_context = context.bool().any(dim=1)
             weight = torch.where(
                 with_context, self.loss_weight(t, self.context_loss_weighting), weight
             )
-        per_sample = per_sample * weight
-        return per_sample.mean(), per_sample, t
-
-
-def per_sample_mse(
-    out: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The MSE of each sample ``(B,)``, in float32 whatever precision the model ran in, over
-    the frames where ``loss_mask (B, T)`` is 1 (all frames when None)."""
-    if out.shape != target.shape:
-        raise ValueError(
-            f"Denoiser output shape {tuple(out.shape)} differs from its input "
-            f"{tuple(target.shape)}: check model.out_channels equals data channels."
-        )
-    sq_err = F.mse_loss(out.float(), target.float(), reduction="none")
-    if loss_mask is None:
-        return sq_err.flatten(1).mean(dim=1)
-    return masked_mean_per_sample(sq_err, loss_mask)
-
-
-def masked_mean_per_sample(sq_err: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``sq_err (B, C, T, H, W)`` over the frames where ``loss_mask (B, T)`` is 1.
-
-    A sample whose mask is all zero contributes 0 (not NaN).
-    """
-    if sq_err.dim() != 5 or loss_mask.shape != (sq_err.shape[0], sq_err.shape[2]):
-        raise ValueError(
-            f"loss_mask must be (B, T) = {(sq_err.shape[0], sq_err.shape[2])} for video "
-            f"(B, C, T, H, W); got {tuple(loss_mask.shape)}."
-        )
-    mask = loss_mask.to(sq_err.dtype)[:, None, :, None, None]
-    per_frame_elems = sq_err.shape[1] * sq_err.shape[3] * sq_err.shape[4]
-    total = (sq_err * mask).flatten(1).sum(dim=1)
-    count = mask.flatten(1).sum(dim=1) * per_frame_elems
-    return total / count.clamp(min=1)
+        return weight

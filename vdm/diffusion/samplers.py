@@ -5,7 +5,8 @@ clean estimate (ᾱ = 1, as diffusers does with ``set_alpha_to_one=True``). Each
 ``model_fn(x_t, t) -> output`` of the diffusion's prediction kind; class-conditional models
 enter through :func:`guided`. With ``context=(video, mask)`` the given frames stay clean: they
 are reset to ``video`` after every step, their x0 estimate is ``video`` itself, and the model is
-called as ``model_fn(x_t, t_frames, context=mask)`` with step 0 for given frames.
+called as ``model_fn(x_t, t_frames, context=mask)`` with step 0 for given frames. The loop,
+shared with the flow samplers, is :class:`~vdm.diffusion.sampling_loop.SamplingLoop`.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from rich.progress import Progress
 
 from vdm.diffusion.process import GaussianDiffusion
+from vdm.diffusion.sampling_loop import ModelFn, ProcessModel, SamplingLoop
+from vdm.diffusion.sampling_loop import given_frames as given_frames  # re-exported
 
 SPACINGS = ("leading", "trailing", "linspace")
-
-ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def timestep_schedule(num_steps: int, steps: int, spacing: str = "trailing") -> list[int]:
@@ -61,22 +61,6 @@ def timestep_schedule(num_steps: int, steps: int, spacing: str = "trailing") -> 
     return sorted({int(t) for t in ts}, reverse=True)
 
 
-def given_frames(
-    context: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``context = (video, mask)`` checked against the sample ``x`` and moved to its device:
-    float32 video shaped like ``x`` and a bool ``(B, T)`` mask, True where a frame is given."""
-    video, mask = context
-    video = video.to(device=x.device, dtype=torch.float32)
-    mask = mask.to(x.device).bool()
-    if video.shape != x.shape or mask.shape != (x.shape[0], x.shape[2]):
-        raise ValueError(
-            f"context=(video, mask) must be {tuple(x.shape)} and "
-            f"{(x.shape[0], x.shape[2])}; got {tuple(video.shape)}, {tuple(mask.shape)}."
-        )
-    return video, mask
-
-
 def guided(
     model: Callable[..., torch.Tensor], labels: torch.Tensor, scale: float, null_label: int
 ) -> ModelFn:
@@ -111,16 +95,22 @@ def guided(
     return model_fn
 
 
-class Sampler:
-    """Shared loop: draw ``x_T``, step through the timesteps, return ``x0``.
+class Sampler(SamplingLoop):
+    """The DDPM family: walks descending step indices, landing on ᾱ = 1 after the last.
 
-    Subclasses set ``self.steps`` / ``self.spacing`` and implement :meth:`step`.
+    Subclasses set ``self.steps`` / ``self.spacing`` and implement :meth:`step`; the loop is
+    :meth:`SamplingLoop.sample`.
 
     Args:
         clip_denoised: clamp each x0 estimate to ``[-1, 1]``, the data range in pixel space.
             Turn off for data that is not in [-1, 1] (latents, tests on Gaussians).
     """
 
+    process_kind = "ddpm"
+    wrong_process = (
+        "runs a DDPM reverse process, but the model was trained with rectified flow: use "
+        "sampler=euler or sampler=heun."
+    )
     steps: int | None = None
     spacing: str = "trailing"
 
@@ -131,6 +121,29 @@ class Sampler:
         """The descending step indices this sampler visits."""
         steps = diffusion.num_steps if self.steps is None else self.steps
         return timestep_schedule(diffusion.num_steps, steps, self.spacing)
+
+    def intervals(self, diffusion: GaussianDiffusion) -> list[tuple[int, int | None]]:
+        """``(t, t_prev)`` for every step; ``t_prev`` is None at the last (ᾱ = 1 there)."""
+        timesteps = self.timesteps(diffusion)
+        return list(zip(timesteps, [*timesteps[1:], None], strict=True))
+
+    def move(
+        self,
+        diffusion: GaussianDiffusion,
+        x: torch.Tensor,
+        t: int,
+        t_prev: int | None,
+        model: ProcessModel,
+        generator: torch.Generator | None,
+        state: dict,
+    ) -> torch.Tensor:
+        """One model call at step ``t``, then :meth:`step` to ``t_prev``."""
+        ab = diffusion.schedule.alphas_cumprod
+        ab_t = float(ab[t])
+        ab_prev = 1.0 if t_prev is None else float(ab[t_prev])
+        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        out = model(x, t_batch)
+        return self.step(diffusion, x, t_batch, out, ab_t, ab_prev, generator, state)
 
     def denoise(
         self,
@@ -152,77 +165,6 @@ class Sampler:
         if self.clip_denoised or context is not None:
             return x0, diffusion.predict_eps(x, t, x0, kind="x0")
         return x0, diffusion.predict_eps(x, t, out)
-
-    @torch.no_grad()
-    def sample(
-        self,
-        diffusion: GaussianDiffusion,
-        model_fn: ModelFn,
-        shape: tuple[int, ...],
-        generator: torch.Generator | None = None,
-        x_T: torch.Tensor | None = None,
-        progress: bool = False,
-        device: torch.device | str | None = None,
-        context: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """Run the reverse process from noise to a clean sample.
-
-        Args:
-            diffusion: the process the model was trained with.
-            model_fn: ``model_fn(x_t, t) -> output`` with ``t`` long ``(B,)``.
-            shape: output shape, e.g. ``(B, C, T, H, W)``.
-            generator: RNG for the initial noise and any noise added along the way.
-            x_T: the initial noise; drawn from ``generator`` when None.
-            progress: show a progress bar over steps.
-            device: where to sample; defaults to ``x_T``'s device, else the generator's, else CPU.
-            context: ``(video, mask)``: clean frames ``video`` of ``shape`` and a bool ``(B, T)``
-                mask, True where a frame is given. Given frames come back exactly as given.
-
-        Returns:
-            float32 tensor of ``shape``: the sample (in ``[-1, 1]`` when clipping).
-        """
-        if getattr(diffusion, "kind", "ddpm") != "ddpm":
-            raise ValueError(
-                f"sampler={type(self).__name__} runs a DDPM reverse process, but the model was "
-                "trained with rectified flow: use sampler=euler or sampler=heun."
-            )
-        if device is None:
-            device = (
-                x_T.device
-                if x_T is not None
-                else (generator.device if generator is not None else "cpu")
-            )
-        x = (
-            x_T.to(device=device, dtype=torch.float32)
-            if x_T is not None
-            else diffusion.noise(shape, generator, device)
-        )
-        timesteps = self.timesteps(diffusion)
-        ab = diffusion.schedule.alphas_cumprod
-        state: dict = {}
-        mask = None
-        if context is not None:
-            video, mask = given_frames(context, x)
-            given = mask[:, None, :, None, None]
-            state["context"] = (video, given)
-            x = torch.where(given, video, x)
-        with Progress(transient=True, disable=not progress) as bar:
-            task = bar.add_task(type(self).__name__, total=len(timesteps))
-            for i, t in enumerate(timesteps):
-                t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else None
-                ab_t = float(ab[t])
-                ab_prev = 1.0 if t_prev is None else float(ab[t_prev])
-                t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-                if mask is None:
-                    out = model_fn(x, t_batch).float()
-                else:  # given frames are clean: the model sees them at step 0
-                    t_frames = torch.where(mask, 0, t_batch[:, None])
-                    out = model_fn(x, t_frames, context=mask).float()
-                x = self.step(diffusion, x, t_batch, out, ab_t, ab_prev, generator, state)
-                if mask is not None:
-                    x = torch.where(given, video, x)
-                bar.advance(task)
-        return x
 
     def step(
         self,
