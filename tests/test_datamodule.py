@@ -3,6 +3,7 @@
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from conftest import link_or_copy
@@ -11,6 +12,7 @@ from hydra.utils import instantiate
 
 from vdm.data.datamodule import MovingShapesDataModule, VideoDataModule
 from vdm.data.dataset import VideoClipDataset
+from vdm.files.video import write_mp4
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -72,12 +74,14 @@ def test_shapes_config_reaches_the_data_module(shapes_dir):
     )
     assert (dm.clip_len, dm.frame_stride, dm.size, dm.batch_size) == (6, 2, 24, 3)
     assert (dm.num_workers, dm.pin_memory, dm.persistent_workers) == (0, True, False)
-    assert dm.short_video == "loop" and dm.num_classes == 0 and dm.channels == 3
+    assert dm.dataset_options["short_video"] == "loop" and dm.num_classes == 0
+    assert dm.channels == 3
     assert dm.seed == 9  # shuffling and augmentation follow the run seed
     dm.prepare_data()
     dm.setup()
     loader = dm.train_dataloader()
-    assert loader.batch_size == 3 and loader.pin_memory
+    assert loader.batch_size == 3 and loader.pin_memory and loader.sampler.seed == 9
+    assert dm.train_set.seed == dm.val_set.seed == 9
     assert next(iter(loader))["video"].shape == (3, 3, 6, 24, 24)
     assert dm.root.parent == shapes_dir / "moving_shapes"
 
@@ -94,8 +98,10 @@ def test_folder_config_reaches_the_data_module(shared_videos):
         "data.num_workers=0",
     )
     dm = instantiate(cfg)
-    assert isinstance(dm, VideoDataModule) and dm.root == root and dm.val_fraction == 0.5
+    assert isinstance(dm, VideoDataModule) and dm.root == root
+    assert dm.dataset_options["val_fraction"] == 0.5
     dm.setup()
+    assert dm.train_set.clip_len == 4 and dm.val_set.size == 16
     assert 4 <= len(dm.val_set) <= 12 and len(dm.train_set) + len(dm.val_set) == 16
     with pytest.raises(Exception, match="root"):  # root is required: ???
         instantiate(compose_data("data=folder"))
@@ -168,3 +174,68 @@ def test_ranks_get_disjoint_shards_and_clips_depend_on_epoch_and_index_only(
     # a new epoch draws new clips
     _, next_epoch = _epoch_clips(dm, 0, 1, epoch=1)
     assert not torch.equal(next_epoch.sort(0).values, clips.sort(0).values)
+
+
+@pytest.fixture
+def textured_videos(tmp_path):
+    """A pre-split folder of three 40-frame 24×32 lossless videos (one for val) whose pixels
+    encode (frame, row, column): a different clip start, crop or flip is a different clip."""
+    t, y, x = np.meshgrid(np.arange(40), np.arange(24), np.arange(32), indexing="ij")
+    frames = np.stack([6 * t, 10 * y, 8 * x], axis=-1).astype(np.uint8)
+    for split, name in [("train", "a"), ("train", "b"), ("val", "c")]:
+        write_mp4(tmp_path / split / f"{name}.mp4", frames, fps=10, lossless=True)
+    return tmp_path
+
+
+def _module(root, seed):
+    """Training clips of 4 frames at 24 px: the native height, so the crop slides across the
+    32-px width and is never resized."""
+    dm = VideoDataModule(root, clip_len=4, size=24, batch_size=1, num_workers=0, seed=seed)
+    dm.setup()
+    return dm
+
+
+def test_the_same_seed_gives_the_same_epoch_of_training_clips(textured_videos):
+    (keys1, clips1), (keys2, clips2) = (
+        _epoch_clips(_module(textured_videos, seed=5), 0, 1, epoch=3) for _ in range(2)
+    )
+    assert keys1 == keys2 and torch.equal(clips1, clips2)
+    # and data.seed is the dataset's augmentation seed, not a default of 0
+    reference = VideoClipDataset(textured_videos, clip_len=4, size=24, split="train", seed=5)
+    for key, clip in zip(keys1, clips1, strict=True):
+        assert torch.equal(reference[key]["video"], clip)
+
+
+def test_the_seed_changes_the_per_clip_augmentation(textured_videos):
+    sets = [_module(textured_videos, seed).train_set for seed in (0, 1)]
+    assert [s.seed for s in sets] == [0, 1]
+    keys = [(index, epoch) for index in range(2) for epoch in range(3)]
+    same = [torch.equal(sets[0][key]["video"], sets[1][key]["video"]) for key in keys]
+    assert not all(same), "seeds 0 and 1 gave identical training clips"
+    # the seed changes augmentation only: validation clips are the centred ones either way
+    val = [_module(textured_videos, seed).val_set for seed in (0, 1)]
+    assert torch.equal(val[0][(0, 0)]["video"], val[1][(0, 0)]["video"])
+
+
+@pytest.mark.parametrize("key", ["clip_length", "augment", "split_file"])
+def test_an_unknown_data_key_is_refused_in_one_line_naming_it(textured_videos, key):
+    with pytest.raises(TypeError, match=rf"data\.{key} is not a data option") as error:
+        VideoDataModule(textured_videos, **{key: 1})
+    message = str(error.value)
+    assert "\n" not in message and "data.clip_len" in message and "data.batch_size" in message
+
+
+def test_an_unknown_data_key_is_refused_through_the_configs(textured_videos, tmp_path):
+    with pytest.raises(Exception, match=r"data\.clip_length is not a data option"):
+        instantiate(
+            compose_data("data=folder", f"data.root={textured_videos}", "+data.clip_length=4")
+        )
+    with pytest.raises(
+        Exception, match=r"data\.clip_length is not a data option.*data\.render_seed"
+    ):
+        instantiate(compose_data("data=shapes", f"data.data_dir={tmp_path}", "+data.clip_length=4"))
+    # a dataset argument the configs do not list passes through with a +
+    dm = instantiate(
+        compose_data("data=folder", f"data.root={textured_videos}", "+data.max_retries=3")
+    )
+    assert dm.dataset_options["max_retries"] == 3

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 from lightning import LightningDataModule
 from lightning.fabric.utilities.seed import pl_worker_init_function
@@ -20,6 +22,33 @@ log = logging.getLogger(__name__)
 # torchdata 0.11 calls a deprecated torch API on every iterator; the message is noise to users.
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
 
+# VideoClipDataset arguments the data module sets for each split itself (root, the split, its
+# split file, augmentation on for train only), so they are not data.* options.
+PER_SPLIT_ARGUMENTS = ("root", "split", "split_file", "augment")
+
+
+def dataset_defaults() -> dict[str, Any]:
+    """The :class:`VideoClipDataset` arguments a data config may set, with their defaults."""
+    parameters = inspect.signature(VideoClipDataset).parameters
+    return {
+        name: parameter.default
+        for name, parameter in parameters.items()
+        if name not in PER_SPLIT_ARGUMENTS
+    }
+
+
+def _init_arguments(cls: type) -> list[str]:
+    """The named constructor arguments of ``cls`` and of its data-module bases, in MRO order."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if not (issubclass(klass, VideoDataModule) and "__init__" in vars(klass)):
+            continue
+        for name, parameter in inspect.signature(klass.__init__).parameters.items():
+            named = parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL)
+            if named and name != "self" and name not in names:
+                names.append(name)
+    return names
+
 
 class VideoDataModule(LightningDataModule):
     """Train and val loaders of clips from a folder of videos.
@@ -30,6 +59,10 @@ class VideoDataModule(LightningDataModule):
     ``StatefulDataLoader``s, whose position Lightning saves in checkpoints, so a run resumed
     mid-epoch continues with exactly the batches it would have seen.
 
+    How a clip is cut (``clip_len``, ``frame_stride``, ``size``, ``short_video``, ...) is
+    declared once, by :class:`VideoClipDataset`: its keyword arguments pass through
+    ``**dataset_options`` to the train and val sets, and ``seed`` also seeds the shuffling.
+
     Example:
         >>> dm = VideoDataModule("UCF-101/", clip_len=16, size=64, batch_size=8, num_classes=101)
         >>> trainer.fit(model, datamodule=dm)
@@ -37,51 +70,54 @@ class VideoDataModule(LightningDataModule):
     Args:
         root: folder of videos; class sub-folders give labels; ``split_files`` or ``train/`` +
             ``val/`` folders give the split, otherwise files are split by a hash of their path.
-        clip_len: frames per clip.
-        frame_stride: take every ``frame_stride``-th frame.
-        size: clip height and width (short side resized while decoding, then cropped).
         batch_size: clips per batch on each device (the global batch is this × devices).
         num_workers: DataLoader worker processes per device; 0 decodes in the main process.
-        pin_memory: page-locked batches for faster host-to-GPU copies (GPU runs).
+        pin_memory: page-locked batches for faster host-to-GPU copies (turn on for GPU runs).
         persistent_workers: keep workers alive between epochs (saves their start-up time).
-        val_fraction: share of files used for validation when the folder is not pre-split.
         split_files: ``{"train": path, "val": path}`` (both None: none): the files of each split
             (UCF-101's ``trainlist01.txt`` / ``testlist01.txt``), instead of the hash split
             that puts clips of one UCF-101 group (same actor, same scene) on both sides.
-        short_video: ``skip``, ``loop`` or ``repeat_last`` for videos shorter than one clip.
         num_classes: the class count the model expects; 0 trains unconditionally; a positive
             value must match the number of class folders.
         channels: channels of a decoded clip (RGB: 3); declared for the model to read.
-        cache_dir: where the video index is cached (default ``~/.cache/vdm``).
-        seed: seed of the shuffling and of the per-clip augmentation.
+        **dataset_options: :class:`VideoClipDataset` keyword arguments for both splits
+            (``clip_len``, ``frame_stride``, ``size``, ``val_fraction``, ``short_video``,
+            ``cache_dir``, ``index_workers``, ``max_retries``, ``seed``), documented there;
+            ``seed`` seeds both the shuffling and the per-clip augmentation.
+
+    Raises:
+        TypeError: a key that is neither an argument here nor a dataset option, named as
+            ``data.<key>`` with the keys allowed.
     """
 
     def __init__(
         self,
-        root: str | Path,
-        clip_len: int = 16,
-        frame_stride: int = 1,
-        size: int = 32,
+        root: str | Path | None,
         batch_size: int = 8,
         num_workers: int = 2,
         pin_memory: bool = False,
         persistent_workers: bool = True,
-        val_fraction: float = 0.1,
         split_files: dict[str, str | Path] | None = None,
-        short_video: str = "skip",
         num_classes: int = 0,
         channels: int = 3,
-        cache_dir: str | Path | None = None,
-        seed: int = 0,
+        **dataset_options: Any,
     ) -> None:
         super().__init__()
         if channels != 3:
             raise ValueError(f"Videos decode to RGB: data.channels must be 3, got {channels}.")
+        defaults = dataset_defaults()
+        unknown = sorted(set(dataset_options) - set(defaults))
+        if unknown:
+            allowed = [*_init_arguments(type(self)), *defaults]
+            raise TypeError(
+                f"data.{unknown[0]} is not a data option: use one of "
+                f"{', '.join(f'data.{key}' for key in allowed)}."
+            )
+        # Every option, defaults included, so both splits and the sampler read the same values.
+        self.dataset_options: dict[str, Any] = defaults | dataset_options
         self.root = Path(root).expanduser() if root is not None else None
-        self.clip_len, self.frame_stride, self.size = clip_len, frame_stride, size
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
-        self.val_fraction, self.short_video = val_fraction, short_video
         split_files = {k: v for k, v in (split_files or {}).items() if v is not None}
         self.split_files = split_files or None  # all None: no split files
         if self.split_files is not None and set(self.split_files) != {"train", "val"}:
@@ -91,9 +127,29 @@ class VideoDataModule(LightningDataModule):
                 "data.split_files.val=/data/ucfTrainTestlist/testlist01.txt."
             )
         self.num_classes, self.channels = num_classes, channels
-        self.cache_dir, self.seed = cache_dir, seed
         self.train_set: VideoClipDataset | None = None
         self.val_set: VideoClipDataset | None = None
+
+    # Read-only views of the dataset options that models, renderers and configs ask for.
+    @property
+    def clip_len(self) -> int:
+        """Frames per clip (``data.clip_len``)."""
+        return self.dataset_options["clip_len"]
+
+    @property
+    def frame_stride(self) -> int:
+        """Every ``frame_stride``-th frame is taken (``data.frame_stride``)."""
+        return self.dataset_options["frame_stride"]
+
+    @property
+    def size(self) -> int:
+        """Clip height and width (``data.size``)."""
+        return self.dataset_options["size"]
+
+    @property
+    def seed(self) -> int:
+        """Seed of the shuffling and of the per-clip augmentation (``data.seed``)."""
+        return self.dataset_options["seed"]
 
     def _check_root(self) -> Path:
         if self.root is None or not self.root.is_dir():
@@ -104,19 +160,19 @@ class VideoDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         """Build (or load) the cached index on one process, before the ranks read it."""
-        VideoIndex(self._check_root(), Path(self.cache_dir) if self.cache_dir else None)
+        cache_dir = self.dataset_options["cache_dir"]
+        VideoIndex(
+            self._check_root(),
+            Path(cache_dir) if cache_dir else None,
+            self.dataset_options["index_workers"],
+        )
 
     def _dataset(self, split: str) -> VideoClipDataset:
         return VideoClipDataset(
             self._check_root(),
-            self.clip_len,
-            self.frame_stride,
-            self.size,
             split=split,
-            val_fraction=self.val_fraction,
             split_file=self.split_files[split] if self.split_files else None,
-            short_video=self.short_video,
-            cache_dir=self.cache_dir,
+            **self.dataset_options,
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -175,7 +231,8 @@ class MovingShapesDataModule(VideoDataModule):
         num_val: validation clips to render.
         num_frames: frames per rendered clip (≥ ``clip_len``; clips are windows of it).
         render_seed: seed of the rendering; a new seed is a new data set.
-        **kwargs: the :class:`VideoDataModule` arguments (``clip_len``, ``size``, ...).
+        **kwargs: the :class:`VideoDataModule` arguments and dataset options (``clip_len``,
+            ``size``, ``seed``, ...); ``size`` is also the size the set is rendered at.
     """
 
     def __init__(
@@ -185,7 +242,7 @@ class MovingShapesDataModule(VideoDataModule):
         num_val: int = 200,
         num_frames: int = 16,
         render_seed: int = 0,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         kwargs.setdefault("num_classes", len(CLASSES))
         super().__init__(root=None, **kwargs)
