@@ -1,6 +1,6 @@
-"""`python train.py [overrides]`: the same as `vdm-train` (vdm/train.py; conf/ and the README)."""
+"""`python train.py [overrides]`: the same as `vdm-train` (vdm/cli/train.py; README)."""
 
-from vdm.train import main
+from vdm.cli.train import main
 
 if __name__ == "__main__":
     main()

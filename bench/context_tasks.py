@@ -23,15 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from _machine import header
-from omegaconf import OmegaConf
 from shapes_quality import COLOURS, frame_match, palette_labels, score
 
 from vdm.diffusion.samplers import DDIMSampler, DPMSolverSampler
-from vdm.evaluate import data_config, real_batches
-from vdm.generation import sample_long_videos
-from vdm.prediction import evaluate_context_task
-from vdm.sample import load_run
-from vdm.video_io import to_uint8
+from vdm.evaluation.real_clips import real_batches, real_data_config
+from vdm.evaluation.tasks import evaluate_context_task
+from vdm.files.video import to_uint8
+from vdm.inference import load_run
+from vdm.inference.generation import sample_long_videos
 
 KEYS = ["purity", "one-colour", "frame match", "colour stability", "empty frames"]
 
@@ -105,13 +104,10 @@ def main() -> None:
         print("no --ckpt given: train one with python train.py context=mixed, then pass it")
         return
     loaded = load_run(args.ckpt)
-    module, run_cfg = loaded.module, loaded.config
+    model, run_cfg = loaded.model, loaded.config
     sampler = (DDIMSampler if args.sampler == "ddim" else DPMSolverSampler)(steps=args.steps)
-    cfg = OmegaConf.create({"data": None, "frames": None, "batch_size": args.batch})
-    data_cfg = data_config(cfg, run_cfg)
-    guidance = args.guidance
-    if guidance is None:
-        guidance = OmegaConf.select(run_cfg, "callbacks.sample_videos.guidance_scale", default=1.0)
+    data_cfg = real_data_config(None, run_cfg, None, args.batch)
+    guidance = loaded.guidance(args.guidance)
     window = data_cfg.clip_len
     tasks = set(args.tasks.split(","))
     unknown = tasks - {"predict", "interpolate", "long"}
@@ -134,7 +130,7 @@ def main() -> None:
 
         batches = real_batches(data_cfg, "val", args.clips, 0, max(1, args.batch // args.per_clip))
         result = evaluate_context_task(
-            module, sampler, task, batches, given, args.per_clip, args.batch,
+            model, sampler, task, batches, given, args.per_clip, args.batch,
             guidance_scale=guidance, on_samples=keep, unconditional=not args.no_unconditional,
         )  # fmt: skip
         generated, real = np.concatenate(samples), np.concatenate(reals)
@@ -153,21 +149,21 @@ def main() -> None:
             first = generated[:: args.per_clip][:8]
             save_png(args.png / f"{task}.png", strip(np.concatenate([first, real[:8]])))
     if "long" in tasks:
-        measure_long(module, sampler, data_cfg, args, guidance)
+        measure_long(model, sampler, data_cfg, args, guidance)
 
 
-def measure_long(module, sampler, data_cfg, args: argparse.Namespace, guidance: float) -> None:
+def measure_long(model, sampler, data_cfg, args: argparse.Namespace, guidance: float) -> None:
     """Long videos continuing validation clips: empty frames, and neighbouring-frame scores
     inside windows against those at window joins."""
     window = data_cfg.clip_len
     start = time.perf_counter()
     batch = next(iter(real_batches(data_cfg, "val", args.long_clips, 1, args.long_clips)))
     overlap = window // 2
-    labels = batch["label"].tolist() if module.num_classes and "label" in batch else None
+    labels = batch["label"].tolist() if model.num_classes and "label" in batch else None
     openings = batch["video"][:, :, :overlap]
     # Every clip continues its own opening, all clips in one batch per window.
     videos = sample_long_videos(
-        module, sampler, tuple(openings.shape[i] for i in (1, 3, 4)), args.long, window, overlap,
+        model, sampler, tuple(openings.shape[i] for i in (1, 3, 4)), args.long, window, overlap,
         openings, labels, len(openings), batch_size=args.batch,
         guidance_scale=guidance if labels else 1.0,
     )  # fmt: skip

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from _machine import header
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from vdm.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler
-from vdm.module import VideoDiffusionModule
-from vdm.sample import class_labels, guidance_for, load_run, sample_clips
-from vdm.train import build_diffusion, build_model
+from vdm.inference import DiffusionModel, class_labels, load_run, sample_videos
+from vdm.inference.build import build_diffusion, build_model
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLERS = {
@@ -38,10 +38,10 @@ def newest_checkpoint() -> Path | None:
 
 
 def untrained_default():
-    """The default run's module and config, freshly initialised (for timing only)."""
+    """The default run's model and config, freshly initialised (for timing only)."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train")
-    return VideoDiffusionModule(build_model(cfg), build_diffusion(cfg), optimizer=None), cfg
+    return DiffusionModel(build_model(cfg), build_diffusion(cfg)), cfg
 
 
 def main() -> None:
@@ -52,21 +52,23 @@ def main() -> None:
     ckpt = args.ckpt or newest_checkpoint()
     if ckpt is None:
         print("# no checkpoint given or under outputs/runs: timing the untrained default model")
-        module, cfg = untrained_default()
+        model, cfg = untrained_default()
     else:
         loaded = load_run(ckpt)
-        module, cfg = loaded.module, loaded.config
+        model, cfg = loaded.model, loaded.config
         print(f"# {ckpt} (step {loaded.global_step}, {loaded.weights} weights)")
     shape = (cfg.model.in_channels, cfg.data.clip_len, cfg.data.size, cfg.data.size)
-    guidance = guidance_for(None, cfg, module.num_classes)
-    labels = class_labels(None, args.batch, module.num_classes)
+    guidance = 1.0
+    if model.num_classes:  # the run's sample-video guidance, as vdm.sample uses by default
+        guidance = OmegaConf.select(cfg, "callbacks.sample_videos.guidance_scale", default=1.0)
+    labels = class_labels(None, args.batch, model.num_classes)
     print(f"{header()}; clips {shape} (C, T, H, W), {args.batch} per call, guidance {guidance:g}")
     print("| sampler | model calls | s per clip | clips/min |")
     print("|---|---:|---:|---:|")
     for name, sampler in SAMPLERS.items():
-        calls = len(sampler.timesteps(module.diffusion))
+        calls = len(sampler.timesteps(model.diffusion))
         start = time.perf_counter()
-        sample_clips(module, sampler, shape, labels, args.batch, args.batch, guidance)
+        sample_videos(model, sampler, shape, labels, args.batch, args.batch, guidance)
         per_clip = (time.perf_counter() - start) / args.batch
         print(f"| {name} | {calls} | {per_clip:.2f} | {60 / per_clip:.1f} |", flush=True)
 

@@ -32,7 +32,7 @@ def frame_index_video(num_frames: int, height: int = 24, width: int = 32) -> np.
 @pytest.fixture
 def indexed_video(tmp_path) -> Path:
     """A lossless 40-frame mp4 whose pixel values encode the frame index."""
-    from vdm.video_io import write_mp4
+    from vdm.files.video import write_mp4
 
     return write_mp4(tmp_path / "indexed.mp4", frame_index_video(40), fps=10, lossless=True)
 
@@ -74,7 +74,7 @@ def compose_run(tmp_path: Path, *overrides: str, fast: bool = True):
 
 def train_tiny(run_dir: Path, num_classes: int, *overrides: str) -> Path:
     """Train the debug=fast model for 2 steps (EMA from the first step); return its last.ckpt."""
-    from vdm.train import run
+    from vdm.cli.train import run
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VDM_CACHE_DIR", str(run_dir.parent / "cache"))

@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from vdm.callbacks import SampleVideos
 from vdm.diffusion import DDIMSampler
-from vdm.sample import load_run
+from vdm.inference import load_run
+from vdm.training.callbacks import SampleVideos
 
 
 @pytest.fixture(scope="module")
 def module(context_ckpt):
     """A 3-class, frame-conditioned tiny U-Net (both of the callback's grids apply)."""
-    return load_run(context_ckpt).module
+    return load_run(context_ckpt).model
 
 
 def callback(tmp_path, batch_size: int) -> SampleVideos:

@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 
 from vdm.diffusion.process import GaussianDiffusion
 from vdm.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler
-from vdm.train import build_diffusion, build_sampler
+from vdm.inference.build import build_diffusion, build_sampler
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -73,22 +73,24 @@ def test_every_diffusion_key_reaches_the_process():
 
 
 def test_every_sampler_option_and_key_reaches_the_sampler():
-    assert isinstance(build_sampler(compose_train()), DDIMSampler)  # the default
+    assert isinstance(build_sampler(compose_train().sampler), DDIMSampler)  # the default
     ddpm = build_sampler(
         compose_train(
             "sampler=ddpm",
             "sampler.steps=100",
             "sampler.spacing=linspace",
             "sampler.clip_denoised=false",
-        )
+        ).sampler
     )
     assert isinstance(ddpm, DDPMSampler)
     assert (ddpm.steps, ddpm.spacing, ddpm.clip_denoised) == (100, "linspace", False)
     ddim = build_sampler(
-        compose_train("sampler.steps=25", "sampler.eta=0.5", "sampler.spacing=leading")
+        compose_train("sampler.steps=25", "sampler.eta=0.5", "sampler.spacing=leading").sampler
     )
     assert (ddim.steps, ddim.eta, ddim.spacing, ddim.clip_denoised) == (25, 0.5, "leading", True)
-    dpm = build_sampler(compose_train("sampler=dpmpp", "sampler.steps=12", "sampler.order=1"))
+    dpm = build_sampler(
+        compose_train("sampler=dpmpp", "sampler.steps=12", "sampler.order=1").sampler
+    )
     assert isinstance(dpm, DPMSolverSampler) and (dpm.steps, dpm.order) == (12, 1)
 
 
@@ -108,8 +110,8 @@ def test_an_impossible_combination_names_the_fix():
 
 
 def test_every_unet3d_key_reaches_the_model():
+    from vdm.inference.build import build_model
     from vdm.models.layers import RMSNorm
-    from vdm.train import build_model
 
     model = build_model(
         compose_train(
@@ -144,8 +146,8 @@ def test_every_unet3d_key_reaches_the_model():
 
 
 def test_every_transformer_key_reaches_the_model():
+    from vdm.inference.build import build_model
     from vdm.models.layers import RMSNorm
-    from vdm.train import build_model
 
     model = build_model(
         compose_train(
@@ -174,7 +176,8 @@ def test_every_transformer_key_reaches_the_model():
 
 
 def test_every_context_key_reaches_the_masks_and_the_model():
-    from vdm.train import build_context_masks, build_model
+    from vdm.inference.build import build_model
+    from vdm.training.build import build_context_masks
 
     assert build_context_masks(compose_train()) is None  # context=none: as before masks
     assert build_model(compose_train("model=unet3d_tiny")).frame_conditioning is False
@@ -194,7 +197,7 @@ def test_every_context_key_reaches_the_masks_and_the_model():
 def test_masks_on_a_model_without_frame_conditioning_name_the_key(tmp_path):
     from conftest import compose_run
 
-    from vdm.train import build_module
+    from vdm.training.build import build_module
 
     cfg = compose_run(tmp_path, "context=mixed", "model.frame_conditioning=false")
     with pytest.raises(ValueError, match="model.frame_conditioning=true"):

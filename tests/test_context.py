@@ -268,7 +268,7 @@ def test_a_plain_model_refuses_given_frames_and_keeps_its_parameters():
 
 
 def test_an_older_checkpoint_config_still_matches_the_plain_model():
-    from vdm.checkpoint import model_config_mismatch
+    from vdm.files.checkpoint import model_config_mismatch
 
     stored = {"_target_": "vdm.models.UNet3D", "base_channels": 16}  # written before the key
     assert model_config_mismatch(stored, {**stored, "frame_conditioning": False}) == []

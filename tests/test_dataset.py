@@ -11,7 +11,7 @@ from conftest import frame_index_video, link_or_copy
 from vdm.data import index as index_module
 from vdm.data.dataset import VideoClipDataset
 from vdm.data.index import hash_split
-from vdm.video_io import write_mp4
+from vdm.files.video import write_mp4
 
 
 def test_every_real_clip_decodes_to_the_asked_shape_with_folder_labels(shared_videos):

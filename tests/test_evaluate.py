@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import compose_config
 
-from vdm.evaluate import run
+from vdm.cli.evaluate import run
 
 FEATURES = 8
 

@@ -12,11 +12,11 @@ import torch
 from conftest import compose_config, compose_run
 from lightning import Callback
 
-from vdm.checkpoint import AtomicCheckpointIO, load_checkpoint, nonfinite_weights, sidecar_of
-from vdm.config_check import ConfigError
-from vdm.guards import NonFiniteTrainingError
-from vdm.sample import run as sample
-from vdm.train import run
+from vdm.cli.checks import ConfigError
+from vdm.cli.sample import run as sample
+from vdm.cli.train import run
+from vdm.files.checkpoint import AtomicCheckpointIO, load_checkpoint, nonfinite_weights, sidecar_of
+from vdm.training.guards import NonFiniteTrainingError
 
 COMMON = [
     "callbacks.ema.update_starting_at_step=1",
@@ -42,7 +42,7 @@ def train(tmp_path: Path, *overrides: str, extra: list[Callback] = ()):
     """``run`` with extra callbacks added to the composed run."""
     cfg = compose_run(tmp_path, *overrides)
     if extra:
-        from vdm import train as train_module
+        from vdm.training import task as train_module
 
         build = train_module.build_callbacks
         with pytest.MonkeyPatch.context() as patch:

@@ -5,7 +5,12 @@ import pytest
 import scipy.linalg
 import torch
 
-from vdm.metrics import FrechetVideoDistance, TorchScriptI3D, frame_psnr_ssim, frechet_distance
+from vdm.evaluation.metrics import (
+    FrechetVideoDistance,
+    TorchScriptI3D,
+    frame_psnr_ssim,
+    frechet_distance,
+)
 
 DIM = 6
 

@@ -9,8 +9,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
+from vdm.inference.build import build_model
 from vdm.models.unet3d import Level
-from vdm.train import build_model
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # Every preset in conf/model runs every test; inputs are 16×16 so the base presets stay cheap.

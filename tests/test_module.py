@@ -8,8 +8,8 @@ import torch
 
 from vdm.diffusion import DDIMSampler, GaussianDiffusion, NoiseSchedule
 from vdm.models import UNet3D
-from vdm.module import VideoDiffusionModule
-from vdm.optim import warmup_cosine
+from vdm.training.module import VideoDiffusionModule
+from vdm.training.optim import warmup_cosine
 
 
 class LabelSpy(torch.nn.Module):

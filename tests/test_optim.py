@@ -8,8 +8,8 @@ from torch import nn
 
 from vdm.diffusion import GaussianDiffusion, NoiseSchedule
 from vdm.models import SpaceTimeTransformer, UNet3D
-from vdm.module import VideoDiffusionModule
-from vdm.optim import parameter_groups
+from vdm.training.module import VideoDiffusionModule
+from vdm.training.optim import parameter_groups
 
 
 def names(model: nn.Module, group: dict) -> set[str]:

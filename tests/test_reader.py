@@ -68,7 +68,7 @@ def test_short_file_opens_and_reads_within_its_frames(shared_videos):
 @pytest.mark.parametrize("side", [16, 24, 48])
 def test_sizes_decord_cannot_copy_fall_back_and_stay_exact(tmp_path, side):
     """decord 0.6 fails on some frame sizes ("The size must exactly match")."""
-    from vdm.video_io import write_mp4
+    from vdm.files.video import write_mp4
 
     path = write_mp4(tmp_path / "v.mp4", frame_index_video(12, side, side), fps=8, lossless=True)
     reader = VideoReader(path)

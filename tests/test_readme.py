@@ -12,7 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from vdm.train import null_groups_as_deletions
+from vdm.cli.train import null_groups_as_deletions
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

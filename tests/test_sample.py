@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import compose_config
 
-from vdm.sample import class_labels, load_run, run
+from vdm.cli.sample import run
+from vdm.inference import class_labels, load_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,7 +92,7 @@ def test_sampling_uses_the_ema_weights_stored_in_the_checkpoint(conditional_ckpt
     assert loaded.weights == "EMA" and loaded.global_step == 2
     ema = {k.removeprefix("denoiser."): v for k, v in checkpoint["state_dict"].items()}
     current = {k.removeprefix("denoiser."): v for k, v in checkpoint["current_model_state"].items()}
-    state = loaded.module.denoiser.state_dict()
+    state = loaded.model.denoiser.state_dict()
     assert any(not torch.equal(ema[k], current[k]) for k in state)  # EMA ≠ training weights
     for name, value in state.items():
         torch.testing.assert_close(value, ema[name], rtol=0, atol=0)

@@ -85,7 +85,7 @@ def test_real_clips_are_coherent_and_shuffled_frames_are_not():
 def test_upscaled_sample_files_are_read_back_at_the_model_resolution(tmp_path):
     """The callback's files are lossy (yuv420p) 4× upscales; the block centres keep every
     pixel's palette colour, so the scores equal those of the frames that were written."""
-    from vdm.video_io import write_clips
+    from vdm.files.video import write_clips
 
     clips = real_clips(4, size=32, frames=8)
     write_clips(tmp_path, np.stack(clips), fps=8, upscale=4)
@@ -96,7 +96,7 @@ def test_upscaled_sample_files_are_read_back_at_the_model_resolution(tmp_path):
 
 
 def test_sample_folders_are_found_from_a_run_and_a_path_without_clips_is_an_error(tmp_path):
-    from vdm.video_io import write_clips
+    from vdm.files.video import write_clips
 
     run = tmp_path / "run"
     for step in ("step_000800", "step_001600"):

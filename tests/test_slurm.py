@@ -12,9 +12,9 @@ from conftest import compose_run
 from lightning import Callback
 from test_faults import COMMON, AtStep, train
 
-from vdm.checkpoint import load_checkpoint
-from vdm.run_name import run_name, slurm_run_name
-from vdm.train import run
+from vdm.cli.train import run
+from vdm.conf.resolvers import run_name, slurm_run_name
+from vdm.files.checkpoint import load_checkpoint
 
 # What SLURM sets for a one-task job (SLURMEnvironment.detect() needs SLURM_NTASKS).
 SLURM = {

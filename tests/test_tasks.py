@@ -10,14 +10,14 @@ import pytest
 import torch
 from conftest import compose_config, frame_index_video
 
+from vdm.cli.evaluate import run as evaluate
+from vdm.cli.sample import run as sample
 from vdm.data.dataset import read_video_start
 from vdm.diffusion.samplers import DDIMSampler
-from vdm.evaluate import run as evaluate
-from vdm.generation import sample_long_videos
-from vdm.prediction import evaluate_context_task
-from vdm.sample import load_run
-from vdm.sample import run as sample
-from vdm.video_io import write_mp4
+from vdm.evaluation.tasks import evaluate_context_task
+from vdm.files.video import write_mp4
+from vdm.inference import load_run
+from vdm.inference.generation import sample_long_videos
 
 
 def moving_square(frames: int = 16, size: int = 32) -> np.ndarray:
@@ -101,7 +101,7 @@ def test_extend_samples_long_videos_window_by_window(
 
 def test_long_videos_continue_each_samples_own_opening(context_ckpt):
     """Openings of shape (N, C, k, H, W): sample i starts with opening i, bit for bit."""
-    module = load_run(context_ckpt).module
+    module = load_run(context_ckpt).model
     openings = torch.rand(3, 3, 4, 32, 32) * 2 - 1
     videos = sample_long_videos(
         module, DDIMSampler(steps=2), (3, 32, 32), 12, 8, 4, openings, None, 3, batch_size=2
@@ -190,7 +190,7 @@ def test_evaluate_adds_fvd_of_the_completed_clips_when_an_extractor_is_given(
 
 def test_scoring_without_the_unconditional_samples_keeps_the_models_scores(context_ckpt):
     """The unconditional samples are an extra pass: leaving them out changes no other number."""
-    module = load_run(context_ckpt).module
+    module = load_run(context_ckpt).model
     clips = torch.rand(2, 3, 8, 32, 32) * 2 - 1
 
     def run(unconditional: bool) -> dict:

@@ -11,7 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from vdm.train import build_callbacks, build_loggers, build_module, run
+from vdm.cli.train import run
+from vdm.training.build import build_callbacks, build_loggers, build_module
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -216,7 +217,7 @@ def test_every_option_of_every_group_composes_and_instantiates(
 def test_a_compiled_run_writes_plain_checkpoints_that_load_both_ways(tmp_path):
     """compile=true: the denoiser runs compiled, and checkpoints keep the plain model's names,
     so a plain model loads them and a compiled run resumes from a plain run's checkpoint."""
-    from vdm.sample import load_run
+    from vdm.inference import load_run
 
     short = ["trainer.max_steps=2", "trainer.val_check_interval=2"]
     trainer = run(compose_run(tmp_path / "compiled", "compile=true", *short))
@@ -226,7 +227,7 @@ def test_a_compiled_run_writes_plain_checkpoints_that_load_both_ways(tmp_path):
     stored = load_checkpoint(ckpt)
     names = [k for part in ("state_dict", "current_model_state") for k in stored[part]]
     assert names and not any("_orig_mod" in k for k in names)
-    plain = load_run(ckpt).module.denoiser  # an uncompiled model takes them as they are
+    plain = load_run(ckpt).model.denoiser  # an uncompiled model takes them as they are
     x, t = torch.randn(1, 3, 8, 32, 32), torch.tensor([500])
     compiled.load_state_dict(plain.state_dict())
     compiled.eval()
@@ -243,7 +244,7 @@ def test_a_compiled_run_writes_plain_checkpoints_that_load_both_ways(tmp_path):
 def test_val_check_interval_counts_optimizer_steps_under_accumulation():
     from omegaconf import OmegaConf
 
-    from vdm.train import steps_as_batches
+    from vdm.training.build import steps_as_batches
 
     def batches(interval, accumulate):
         cfg = OmegaConf.create(

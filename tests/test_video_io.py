@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vdm.video_io import make_grid, to_uint8, write_gif, write_mp4, write_npz
+from vdm.files.video import make_grid, to_uint8, write_gif, write_mp4, write_npz
 
 PURE_COLOURS = np.array(
     [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)],

@@ -3,4 +3,4 @@
 __version__ = "0.1.0"
 
 # Registers ${vdm_run_name:...}, which conf/hydra/default.yaml names run folders with.
-from vdm import run_name as _run_name  # noqa: F401
+from vdm.conf import resolvers as _resolvers  # noqa: F401

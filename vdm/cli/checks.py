@@ -9,6 +9,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from vdm.inference.build import is_flow
+
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and what is allowed."""
@@ -42,11 +44,6 @@ def model_divisors(model: DictConfig) -> tuple[int, int]:
     if target.endswith("SpaceTimeTransformer"):
         return int(model.get("patch_size", 1)), int(model.get("temporal_patch_size", 1))
     return 1, 1
-
-
-def is_flow(diffusion: DictConfig) -> bool:
-    """Whether a ``diffusion`` config is rectified flow (else DDPM)."""
-    return str(diffusion.get("_target_", "")).endswith("FlowMatching")
 
 
 def check_sampler_fits(sampler: DictConfig, diffusion: DictConfig, where: str) -> None:

@@ -8,7 +8,7 @@ import sys
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from vdm.config_check import ConfigError, check_writable
+from vdm.cli.checks import ConfigError, check_writable
 
 
 def _check(key: str, folder: str) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vdm.video_io import write_mp4
+from vdm.files.video import write_mp4
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import torch
 
 from vdm.diffusion.context import task_mask
 from vdm.diffusion.samplers import Sampler
-from vdm.generation import sample_videos
-from vdm.metrics import clip_psnr_ssim
-from vdm.module import VideoDiffusionModule
+from vdm.evaluation.metrics import clip_psnr_ssim
+from vdm.inference.generation import sample_videos
+from vdm.inference.model import Generative
 
 
 def baseline(task: str, clips: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -62,7 +62,7 @@ def summarise(values: dict[str, list[torch.Tensor]]) -> dict[str, dict[str, floa
 
 
 def evaluate_context_task(
-    module: VideoDiffusionModule,
+    model: Generative,
     sampler: Sampler,
     task: str,
     batches: Iterable[dict],
@@ -98,7 +98,7 @@ def evaluate_context_task(
         b, c, frames, h, w = clips.shape
         mask = task_mask(task, frames, given)
         labels = None
-        if module.num_classes and "label" in batch:
+        if model.num_classes and "label" in batch:
             labels = batch["label"].repeat_interleave(per_clip).tolist()
         repeated = clips.repeat_interleave(per_clip, dim=0)
         context = (repeated * mask[None, None, :, None, None], mask.expand(len(repeated), -1))
@@ -108,12 +108,12 @@ def evaluate_context_task(
         )  # fmt: skip
         shape = (c, frames, h, w)
         samples = sample_videos(
-            module, sampler, shape, labels, len(repeated), batch_size, context=context, **options
+            model, sampler, shape, labels, len(repeated), batch_size, context=context, **options
         )
         scored = [("model", samples)]
         if unconditional:
             plain = sample_videos(
-                module, sampler, shape, labels, len(repeated), batch_size, **options
+                model, sampler, shape, labels, len(repeated), batch_size, **options
             )
             scored.append(("unconditional", plain))
         for name, videos in scored:

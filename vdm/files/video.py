@@ -210,7 +210,7 @@ def write_npz(path: str | os.PathLike[str], videos: np.ndarray, **extra: np.ndar
     if videos.dtype != np.uint8 or videos.ndim != 5 or videos.shape[-1] != 3:
         raise ValueError(
             f"write_npz expects uint8 clips (N, T, H, W, 3), got {videos.dtype} {videos.shape}: "
-            "convert model output with vdm.video_io.to_uint8."
+            "convert model output with vdm.files.video.to_uint8."
         )
     with _atomic(path) as tmp, open(tmp, "wb") as file:
         # A file object, not a name: np.savez would append ".npz" to the temporary name.
@@ -245,7 +245,7 @@ def _check_frames(frames: np.ndarray, caller: str) -> None:
         described = f"{frames.dtype} {frames.shape}" if hasattr(frames, "shape") else type(frames)
         raise ValueError(
             f"{caller} expects uint8 RGB frames (T, H, W, 3), got {described}: convert float "
-            "video with vdm.video_io.to_uint8 and pass one clip at a time."
+            "video with vdm.files.video.to_uint8 and pass one clip at a time."
         )
 
 

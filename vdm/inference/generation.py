@@ -1,6 +1,6 @@
-"""Sampling a trained module in batches, with or without given frames: generation, prediction,
-interpolation and long videos. Shared by ``python -m vdm.sample``, ``python -m vdm.evaluate`` and
-the sample-video callback; no Hydra here.
+"""Sampling a trained model in batches, with or without given frames: generation, prediction,
+interpolation and long videos, seeded per clip. Shared by ``python -m vdm.sample``,
+``python -m vdm.evaluate`` and the sample-video callback.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from vdm.diffusion.context import task_mask
 from vdm.diffusion.extend import extend_video
 from vdm.diffusion.samplers import Sampler
-from vdm.module import VideoDiffusionModule
+from vdm.inference.model import Generative
 
 AUTOCAST_DTYPES = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -24,8 +24,32 @@ def clip_seed(*key: int) -> int:
     return (int(state[0]) << 32 | int(state[1])) & (2**63 - 1)
 
 
+def class_labels(labels: list[int] | None, num_samples: int, num_classes: int) -> list[int] | None:
+    """The label of each clip: ``labels`` cycled, or the classes in equal blocks (None for an
+    unconditional model)."""
+    if num_classes == 0:
+        if labels:
+            raise ValueError(
+                f"labels={list(labels)} needs a class-conditional model; this one is "
+                "unconditional (num_classes=0): leave labels=null."
+            )
+        return None
+    if not labels:
+        return [i * num_classes // num_samples for i in range(num_samples)]
+    labels = [int(c) for c in labels]
+    if any(not 0 <= c < num_classes for c in labels):
+        raise ValueError(f"labels={labels}: this model knows classes 0..{num_classes - 1}.")
+    return [labels[i % len(labels)] for i in range(num_samples)]
+
+
+def sampler_name(sampler: Sampler, num_steps: int) -> str:
+    """``ddim50``, ``dpmsolver20``, ``ddpm1000``, ``floweuler20``: names output folders."""
+    kind = type(sampler).__name__.removesuffix("Sampler").lower()
+    return f"{kind}{sampler.steps or num_steps}"
+
+
 def sample_videos(
-    module: VideoDiffusionModule,
+    model: Generative,
     sampler: Sampler,
     clip_shape: tuple[int, int, int, int],
     labels: list[int] | None,
@@ -53,7 +77,7 @@ def sample_videos(
         raise ValueError(f"precision={precision}: use one of {', '.join(AUTOCAST_DTYPES)}.")
     if batch_size < 1 or num_samples < 1:
         raise ValueError(f"num_samples={num_samples}, batch_size={batch_size}: both must be ≥ 1.")
-    device = module.device
+    device = model.device
     dtype = AUTOCAST_DTYPES[precision]
     key = (window_index,) if window_index else ()
     clips = []
@@ -61,7 +85,7 @@ def sample_videos(
         stop = min(start + batch_size, num_samples)
         x_T = torch.stack(
             [
-                module.diffusion.noise(
+                model.diffusion.noise(
                     (1, *clip_shape), torch.Generator().manual_seed(clip_seed(seed, 0, i, *key))
                 )[0]
                 for i in range(start, stop)
@@ -74,7 +98,7 @@ def sample_videos(
         generator = torch.Generator(device=device).manual_seed(clip_seed(seed, 1, start, *key))
         autocast = torch.autocast(device.type, dtype) if dtype else contextlib.nullcontext()
         with autocast:
-            videos = module.generate(
+            videos = model.generate(
                 sampler,
                 tuple(x_T.shape),
                 labels=y,
@@ -119,7 +143,7 @@ def window_context(
 
 
 def sample_long_videos(
-    module: VideoDiffusionModule,
+    model: Generative,
     sampler: Sampler,
     frame_shape: tuple[int, int, int],
     total_frames: int,
@@ -147,7 +171,7 @@ def sample_long_videos(
     def sample_window(video: torch.Tensor, mask: torch.Tensor, index: int) -> torch.Tensor:
         context = (video, mask) if bool(mask.any()) else None
         return sample_videos(
-            module, sampler, (c, window, h, w), labels, num_samples, context=context,
+            model, sampler, (c, window, h, w), labels, num_samples, context=context,
             window_index=index, **options,
         )  # fmt: skip
 

@@ -12,8 +12,8 @@ from lightning.pytorch.loggers import WandbLogger
 
 from vdm.diffusion.context import task_mask
 from vdm.diffusion.samplers import Sampler
-from vdm.generation import sample_videos, side_by_side
-from vdm.video_io import to_uint8, write_clips
+from vdm.files.video import to_uint8, write_clips
+from vdm.inference.generation import sample_videos, side_by_side
 
 log = logging.getLogger(__name__)
 

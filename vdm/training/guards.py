@@ -22,7 +22,12 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from vdm.checkpoint import nonfinite_weights
+from vdm.files.checkpoint import nonfinite_weights
+from vdm.training.lightning_internals import (
+    cluster_environment,
+    hpc_checkpoint_path,
+    stop_after_this_step,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +139,7 @@ class CheckpointOnSignal(OnExceptionCheckpoint):
     Under SLURM with Lightning's auto-requeue (``SLURMEnvironment``, on by default), SIGUSR1 is
     the requeue signal (``#SBATCH --signal=SIGUSR1@90``): the step's checkpoint goes to
     ``<default_root_dir>/hpc_ckpt_<n>.ckpt`` instead, ``scontrol requeue <job>`` is called, and
-    the requeued job (same run folder, see :mod:`vdm.run_name`) resumes from it on its own.
+    the requeued job (same run folder, see :mod:`vdm.conf.resolvers`) resumes from it on its own.
     Lightning's own handler saves at the moment the signal lands, possibly mid-step; saving at
     the step's end is what makes the resumed run exact.
 
@@ -155,12 +160,12 @@ class CheckpointOnSignal(OnExceptionCheckpoint):
         # found (ours not among them) when fit ends.
         self.signum = None
 
-        def stop_after_this_step(signum, frame) -> None:
+        def stop_at_step_end(signum, frame) -> None:
             if self.signum is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt  # a second Ctrl-C: stop now
             self.signum = signum
             log.info("Received %s: stopping after this step", signal.Signals(signum).name)
-            trainer._signal_connector.received_sigterm = True
+            stop_after_this_step(trainer)
 
         lightning_sigterm = signal.getsignal(signal.SIGTERM)
 
@@ -169,9 +174,9 @@ class CheckpointOnSignal(OnExceptionCheckpoint):
             if callable(lightning_sigterm):
                 lightning_sigterm(signum, frame)
 
-        signal.signal(signal.SIGINT, stop_after_this_step)
+        signal.signal(signal.SIGINT, stop_at_step_end)
         # Replaces Lightning's SLURM handler too, which would save mid-step (see above).
-        signal.signal(signal.SIGUSR1, stop_after_this_step)
+        signal.signal(signal.SIGUSR1, stop_at_step_end)
         signal.signal(signal.SIGTERM, remember_sigterm)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -182,7 +187,7 @@ class CheckpointOnSignal(OnExceptionCheckpoint):
             return
         self.signum = self.signum or signal.SIGTERM
         if self.signum == signal.SIGUSR1 and slurm_requeues(trainer):
-            path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+            path = hpc_checkpoint_path(trainer)
             trainer.save_checkpoint(path)
             rank_zero_only(log.info)("Saved %s for the requeued job", path)
             if trainer.is_global_zero:
@@ -196,7 +201,7 @@ class CheckpointOnSignal(OnExceptionCheckpoint):
 
 def slurm_requeues(trainer: Trainer) -> bool:
     """Whether this run is a SLURM job that Lightning would requeue (``auto_requeue``)."""
-    environment = trainer._accelerator_connector.cluster_environment
+    environment = cluster_environment(trainer)
     return isinstance(environment, SLURMEnvironment) and environment.auto_requeue
 
 
@@ -229,8 +234,3 @@ def link_last(trainer: Trainer, path: Path) -> None:
     if last.is_symlink() or last.exists():
         last.unlink()
     os.symlink(path.name, last)
-
-
-def exit_code(signum: int) -> int:
-    """The shell's convention for a process ended by ``signum``: 128 + its number."""
-    return 128 + int(signum)

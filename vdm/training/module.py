@@ -14,8 +14,10 @@ from torch import nn
 from vdm.diffusion.context import ContextMasks
 from vdm.diffusion.flow import FlowMatching
 from vdm.diffusion.process import GaussianDiffusion
-from vdm.diffusion.samplers import Sampler, guided
-from vdm.optim import parameter_groups
+from vdm.diffusion.samplers import Sampler
+from vdm.inference.model import generate, num_classes_of, takes_given_frames
+from vdm.training.lightning_internals import attached_trainer
+from vdm.training.optim import parameter_groups
 
 QUARTILES = 4  # train/loss_q0..q3: loss per quarter of the timestep range
 
@@ -75,7 +77,7 @@ class VideoDiffusionModule(LightningModule):
         self.label_dropout = label_dropout
         self.seed = seed
         self.context_masks = context_masks
-        if context_masks is not None and not getattr(denoiser, "frame_conditioning", False):
+        if context_masks is not None and not takes_given_frames(denoiser):
             raise ValueError(
                 "context masks need a denoiser built with frame conditioning: set "
                 "model.frame_conditioning=true (context=mixed does)."
@@ -83,12 +85,12 @@ class VideoDiffusionModule(LightningModule):
 
     @property
     def num_classes(self) -> int:
-        return getattr(self.denoiser, "num_classes", 0)
+        return num_classes_of(self.denoiser)
 
     @property
     def frame_conditioning(self) -> bool:
         """Whether the denoiser takes given frames (trained with context masks)."""
-        return getattr(self.denoiser, "frame_conditioning", False)
+        return takes_given_frames(self.denoiser)
 
     def forward(
         self,
@@ -109,7 +111,7 @@ class VideoDiffusionModule(LightningModule):
         """The micro-batch's index within its optimizer step, as a seed key: ``()`` for the
         first (so a run without accumulation draws what it always drew), ``(i,)`` for the
         ``i``-th. Lightning steps after every ``accumulate_grad_batches`` batches of an epoch."""
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
         micro = batch_idx % accumulate
         return (micro,) if micro else ()
@@ -166,7 +168,7 @@ class VideoDiffusionModule(LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["video"]))
 
     def configure_optimizers(self) -> dict:
-        model = self.trainer.model if self._trainer is not None else self
+        model = self.trainer.model if attached_trainer(self) is not None else self
         optimizer = self.optimizer_factory(parameter_groups(model))
         if not optimizer.defaults.get("weight_decay"):
             # Nothing is decayed: one group, as checkpoints written before the groups hold.
@@ -179,62 +181,7 @@ class VideoDiffusionModule(LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
-    @torch.no_grad()
-    def generate(
-        self,
-        sampler: Sampler,
-        shape: tuple[int, ...],
-        labels: torch.Tensor | None = None,
-        guidance_scale: float = 1.0,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-        x_T: torch.Tensor | None = None,
-        context: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """Sample videos ``shape = (N, C, T, H, W)`` in [-1, 1] with the current weights.
-
-        Args:
-            sampler: a DDPM, DDIM or DPM-Solver++ sampler.
-            shape: output shape; the frame count may differ from training.
-            labels: ``(N,)`` class labels for a conditional model (None = the null label).
-            guidance_scale: classifier-free guidance scale; 1 = none.
-            generator: RNG of the initial noise (on this module's device).
-            progress: show a progress bar over steps.
-            x_T: the initial noise ``shape``; drawn from ``generator`` when None.
-            context: ``(video, mask)``: given frames (``video`` of ``shape``, bool ``mask``
-                ``(N, T)``), returned unchanged; needs a frame-conditioned denoiser.
-        """
-        if context is not None and context[1].any() and not self.frame_conditioning:
-            raise ValueError(
-                "This checkpoint was trained without frame masks (context=none), so it cannot "
-                "be given frames: train with context=mixed, or sample with task=generate."
-            )
-        if guidance_scale != 1 and self.num_classes == 0:
-            raise ValueError(
-                f"guidance_scale={guidance_scale} needs a class-conditional model; this one is "
-                "unconditional (num_classes=0): use guidance_scale=1."
-            )
-        was_training = self.denoiser.training
-        self.denoiser.eval()
-        try:
-            if labels is not None and guidance_scale != 1:
-                model_fn = guided(self.denoiser, labels, guidance_scale, self.num_classes)
-            else:
-
-                def model_fn(
-                    x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None
-                ) -> torch.Tensor:
-                    return self.denoiser(x, t, labels, context=context)
-
-            return sampler.sample(
-                self.diffusion,
-                model_fn,
-                shape,
-                generator=generator,
-                x_T=x_T,
-                progress=progress,
-                device=self.device,
-                context=context,
-            )
-        finally:
-            self.denoiser.train(was_training)
+    def generate(self, sampler: Sampler, shape: tuple[int, ...], **options) -> torch.Tensor:
+        """Sample videos ``shape = (N, C, T, H, W)`` in [-1, 1] with the current weights
+        (:func:`vdm.inference.model.generate`: labels, guidance, generator, context, ...)."""
+        return generate(self.denoiser, self.diffusion, sampler, shape, **options)

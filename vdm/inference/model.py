@@ -1,0 +1,166 @@
+"""A trained denoiser together with the process it reverses, and sampling from it: everything
+generation needs, without Lightning. :class:`~vdm.training.module.VideoDiffusionModule` has the
+same ``denoiser`` / ``diffusion`` pair and samples through the same :func:`generate`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from vdm.diffusion.flow import FlowMatching
+from vdm.diffusion.process import GaussianDiffusion
+from vdm.diffusion.samplers import Sampler, guided
+
+log = logging.getLogger(__name__)
+
+Process = GaussianDiffusion | FlowMatching
+
+
+class Generative(Protocol):
+    """What batched sampling needs of a model: a :class:`DiffusionModel`, or the Lightning
+    module during training."""
+
+    denoiser: nn.Module
+    diffusion: Process
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def frame_conditioning(self) -> bool: ...
+
+    def generate(self, sampler: Sampler, shape: tuple[int, ...], **options) -> torch.Tensor: ...
+
+
+def num_classes_of(denoiser: nn.Module) -> int:
+    """The denoiser's class count (0: unconditional; index ``num_classes`` is the null label)."""
+    return getattr(denoiser, "num_classes", 0)
+
+
+def takes_given_frames(denoiser: nn.Module) -> bool:
+    """Whether the denoiser was built with frame conditioning (trained with context masks)."""
+    return getattr(denoiser, "frame_conditioning", False)
+
+
+@torch.no_grad()
+def generate(
+    denoiser: nn.Module,
+    diffusion: Process,
+    sampler: Sampler,
+    shape: tuple[int, ...],
+    labels: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    x_T: torch.Tensor | None = None,
+    context: tuple[torch.Tensor, torch.Tensor] | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Sample videos ``shape = (N, C, T, H, W)`` in [-1, 1] from ``denoiser`` (in eval mode for
+    the call, its mode restored after).
+
+    Args:
+        sampler: a sampler of ``diffusion``'s family (DDPM, DDIM, DPM-Solver++; Euler, Heun).
+        shape: output shape; the frame count may differ from training.
+        labels: ``(N,)`` class labels for a conditional model (None = the null label).
+        guidance_scale: classifier-free guidance scale; 1 = none.
+        generator: RNG of the initial noise (on ``device``).
+        progress: show a progress bar over steps.
+        x_T: the initial noise ``shape``; drawn from ``generator`` when None.
+        context: ``(video, mask)``: given frames (``video`` of ``shape``, bool ``mask``
+            ``(N, T)``), returned unchanged; needs a frame-conditioned denoiser.
+        device: where to sample; None = the denoiser's device.
+    """
+    num_classes = num_classes_of(denoiser)
+    if context is not None and context[1].any() and not takes_given_frames(denoiser):
+        raise ValueError(
+            "This checkpoint was trained without frame masks (context=none), so it cannot "
+            "be given frames: train with context=mixed, or sample with task=generate."
+        )
+    if guidance_scale != 1 and num_classes == 0:
+        raise ValueError(
+            f"guidance_scale={guidance_scale} needs a class-conditional model; this one is "
+            "unconditional (num_classes=0): use guidance_scale=1."
+        )
+    if device is None:
+        device = next(denoiser.parameters()).device
+    was_training = denoiser.training
+    denoiser.eval()
+    try:
+        if labels is not None and guidance_scale != 1:
+            model_fn = guided(denoiser, labels, guidance_scale, num_classes)
+        else:
+
+            def model_fn(
+                x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None
+            ) -> torch.Tensor:
+                return denoiser(x, t, labels, context=context)
+
+        return sampler.sample(
+            diffusion, model_fn, shape, generator=generator, x_T=x_T, progress=progress,
+            device=device, context=context,
+        )  # fmt: skip
+    finally:
+        denoiser.train(was_training)
+
+
+class DiffusionModel(nn.Module):
+    """A denoiser and the diffusion process (or flow) it was trained to reverse.
+
+    Its state dict has the Lightning module's keys (``denoiser.*``), so a training checkpoint's
+    ``state_dict`` loads into it as it is. :func:`vdm.inference.load_run` builds one from a
+    checkpoint.
+
+    Example:
+        >>> model = DiffusionModel(UNet3D(num_classes=3), GaussianDiffusion(NoiseSchedule()))
+        >>> videos = model.generate(DDIMSampler(50), (4, 3, 8, 32, 32), labels=torch.arange(4) % 3)
+
+    Args:
+        denoiser: ``UNet3D``, ``SpaceTimeTransformer`` or any module with their ``forward``.
+        diffusion: the process it was trained with (``GaussianDiffusion`` or ``FlowMatching``).
+    """
+
+    def __init__(self, denoiser: nn.Module, diffusion: Process) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.diffusion = diffusion
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def num_classes(self) -> int:
+        return num_classes_of(self.denoiser)
+
+    @property
+    def frame_conditioning(self) -> bool:
+        return takes_given_frames(self.denoiser)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.denoiser(x, t, labels, context=context)
+
+    def generate(self, sampler: Sampler, shape: tuple[int, ...], **options) -> torch.Tensor:
+        """:func:`generate` with this model's denoiser and process."""
+        return generate(self.denoiser, self.diffusion, sampler, shape, **options)
+
+
+def compile_denoiser(model: Generative) -> None:
+    """``torch.compile`` ``model.denoiser`` in place (``nn.Module.compile``): training,
+    validation and sampling run the compiled code, while parameter names, and so checkpoints,
+    stay those of the plain model (no ``_orig_mod.`` prefix): compiled and plain runs load each
+    other's."""
+    log.info("Compiling the denoiser with torch.compile (the first steps are slow)")
+    model.denoiser.compile()

@@ -1,0 +1,178 @@
+"""A training run's checkpoint, loaded for sampling: the model rebuilt from the config it stores,
+its weights, and the run's own defaults (clip size, guidance, sampler, folder).
+
+Example:
+    >>> from vdm.inference import load_run
+    >>> run = load_run("outputs/runs/<run>/checkpoints/last.ckpt")
+    >>> videos = run.sample(num_samples=4)  # float (4, C, T, H, W) in [-1, 1]
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from vdm.data.dataset import read_video_start
+from vdm.diffusion.samplers import Sampler
+from vdm.files.checkpoint import load_checkpoint
+from vdm.inference.build import build_diffusion, build_model, build_sampler
+from vdm.inference.generation import sample_videos, sampler_name
+from vdm.inference.model import DiffusionModel
+
+log = logging.getLogger(__name__)
+
+# Where the classes that configs name lived before vdm's package layout (checkpoints written
+# then store these paths in their config).
+MOVED_TARGETS = {
+    "vdm.callbacks.": "vdm.training.callbacks.",
+    "vdm.guards.": "vdm.training.guards.",
+    "vdm.optim.": "vdm.training.optim.",
+    "vdm.hydra_checks.": "vdm.cli.hydra_callbacks.",
+}
+
+
+def current_targets(config: dict) -> dict:
+    """``config`` with every ``_target_`` that names a moved vdm class replaced by its new path."""
+
+    def update(node):
+        if isinstance(node, dict):
+            return {k: update(v) if k != "_target_" else moved(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [update(v) for v in node]
+        return node
+
+    def moved(target):
+        for old, new in MOVED_TARGETS.items():
+            if isinstance(target, str) and target.startswith(old):
+                return new + target[len(old) :]
+        return target
+
+    return update(config)
+
+
+@dataclass
+class LoadedRun:
+    """A trained model rebuilt from its checkpoint."""
+
+    model: DiffusionModel  # denoiser + diffusion, in eval mode
+    config: DictConfig  # the training run's resolved config
+    weights: str  # "EMA" or "training" (a run without EMAWeightAveraging)
+    global_step: int  # optimizer steps the weights were trained for
+
+    def clip_shape(self, frames: int | None = None) -> tuple[int, int, int, int]:
+        """``(C, T, H, W)`` of the run's clips, with ``frames`` frames (None: the training
+        clip length)."""
+        size = self.config.data.size
+        return (self.config.model.in_channels, frames or self.config.data.clip_len, size, size)
+
+    def guidance(self, scale: float | None = None) -> float:
+        """``scale``, or by default the run's sample-video guidance for conditional models and 1
+        (none) for unconditional ones."""
+        if scale is not None:
+            return scale
+        if self.model.num_classes == 0:
+            return 1.0
+        return OmegaConf.select(self.config, "callbacks.sample_videos.guidance_scale", default=1.0)
+
+    def sampler_config(self, steps: int | None = None) -> DictConfig:
+        """The config of the sampler the run drew its sample videos with (a flow run's is a
+        flow sampler), with ``steps`` steps if given."""
+        config = self.config.sampler.copy()
+        if steps is not None:
+            config.steps = steps
+        return config
+
+    def sampler(self, steps: int | None = None) -> Sampler:
+        """The sampler of :meth:`sampler_config`."""
+        return build_sampler(self.sampler_config(steps))
+
+    def sample(
+        self,
+        sampler: Sampler | None = None,
+        num_samples: int = 16,
+        batch_size: int = 16,
+        frames: int | None = None,
+        labels: list[int] | None = None,
+        guidance_scale: float | None = None,
+        seed: int = 0,
+        precision: str = "32-true",
+        context: tuple[torch.Tensor, torch.Tensor] | None = None,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        """``num_samples`` clips at the run's size: float ``(N, C, T, H, W)`` in [-1, 1] on the CPU
+        (:func:`~vdm.inference.generation.sample_videos`).
+
+        Args:
+            sampler: None = :meth:`sampler`.
+            frames: frames per clip; None = the training clip length (the context's, if given).
+            labels: one class per clip, for a conditional model (None: unconditional).
+            guidance_scale: None = :meth:`guidance`.
+            context: ``(video (N, C, T, H, W), mask (N, T))``: given frames of every clip.
+        """
+        sampler = sampler or self.sampler()
+        if context is not None:
+            frames = context[1].shape[1]
+        clip_shape = self.clip_shape(frames)
+        guidance = self.guidance(guidance_scale)
+        log.info(
+            "Sampling %d clips of %s (C, T, H, W) with %s, guidance %g, %s weights",
+            num_samples, clip_shape, sampler_name(sampler, self.model.diffusion.num_steps),
+            guidance, self.weights,
+        )  # fmt: skip
+        return sample_videos(
+            self.model, sampler, clip_shape, labels, num_samples, batch_size,
+            guidance_scale=guidance, seed=seed, precision=precision, progress=progress,
+            context=context,
+        )  # fmt: skip
+
+    def read_clip(self, path: str | Path, max_frames: int) -> torch.Tensor:
+        """The first ``max_frames`` frames of the video ``path`` as the model saw its data:
+        float ``(C, T, H, W)`` in [-1, 1] at the run's size and frame stride."""
+        data = self.config.data
+        frames = read_video_start(
+            Path(path).expanduser(), data.size, data.get("frame_stride", 1), max_frames
+        )
+        return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1
+
+
+def load_run(ckpt_path: str | Path, device: torch.device | str = "cpu") -> LoadedRun:
+    """Rebuild the denoiser and the diffusion of a training run and load its weights (the EMA
+    weights when the run kept them).
+
+    Raises:
+        FileNotFoundError: ``ckpt_path`` does not exist.
+        ValueError: it is not a vdm checkpoint, is corrupt, or its weights do not fit its config.
+    """
+    checkpoint = load_checkpoint(ckpt_path)
+    config = OmegaConf.create(current_targets(checkpoint["hyper_parameters"]))
+    model = DiffusionModel(build_model(config), build_diffusion(config))
+    state = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("denoiser.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise ValueError(
+            f"ckpt_path={ckpt_path}: its weights do not fit its own model config ({reason}); "
+            "was it written by another version of vdm?"
+        ) from None
+    model.to(device).eval()
+    weights = "EMA" if "current_model_state" in checkpoint else "training"
+    return LoadedRun(model, config, weights, int(checkpoint.get("global_step", 0)))
+
+
+def run_dir_of(ckpt_path: str | Path) -> Path:
+    """The training run folder of ``<run dir>/checkpoints/x.ckpt`` (else the file's folder)."""
+    ckpt_path = Path(ckpt_path).expanduser().resolve()
+    parent = ckpt_path.parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` (CUDA when available, else the CPU) or a torch device name."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

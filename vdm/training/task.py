@@ -1,0 +1,86 @@
+"""The training task: seed → data → model → callbacks → loggers → trainer → fit, from a composed
+run config. ``vdm-train`` calls it after checking the config; a notebook or a test can call it
+with a config from Hydra's compose API."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import torch
+from hydra.utils import instantiate
+from lightning import LightningDataModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
+
+from vdm.files.checkpoint import AtomicCheckpointIO
+from vdm.inference.model import compile_denoiser
+from vdm.training.build import (
+    build_callbacks,
+    build_loggers,
+    build_module,
+    log_run_info,
+    print_wandb_sync,
+    steps_as_batches,
+)
+from vdm.training.guards import CheckpointOnSignal
+
+log = logging.getLogger(__name__)
+
+
+class RunStopped(Exception):
+    """A signal (SIGTERM, SIGINT, SIGUSR1) ended the run after a step, with a checkpoint of it.
+
+    Attributes:
+        signum: the signal's number.
+        step: the optimizer step the run stopped at.
+    """
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
+        self.signum, self.step = signum, step
+
+
+def fit(cfg: DictConfig) -> Trainer:
+    """Train as ``cfg`` says and return the trainer (its ``callback_metrics`` hold the last
+    logged values).
+
+    Raises:
+        RunStopped: a signal stopped the run (its checkpoint is written).
+    """
+    seed_everything(cfg.seed, workers=True)
+    log.info("Instantiating data <%s>", cfg.data._target_)
+    datamodule: LightningDataModule = instantiate(cfg.data)
+    module = build_module(cfg)
+    if cfg.get("compile"):
+        compile_denoiser(module)
+    callbacks = build_callbacks(cfg)
+    loggers = build_loggers(cfg)
+    if not loggers:  # LearningRateMonitor refuses to run without a logger (logger=null)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    log.info("Instantiating trainer <%s>", cfg.trainer._target_)
+    trainer: Trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        **steps_as_batches(cfg.trainer),
+    )
+    log_run_info(cfg, module, trainer)
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except SIGTERMException:  # Lightning's stop after a signal: a SystemExit with status 0
+        on_signal = next((c for c in callbacks if isinstance(c, CheckpointOnSignal)), None)
+        signum = (on_signal.signum if on_signal else None) or signal.SIGTERM
+        raise RunStopped(signum, trainer.global_step) from None
+    finally:
+        print_wandb_sync(loggers)
+        if any(isinstance(lg, WandbLogger) for lg in loggers):
+            import wandb
+
+            wandb.finish()  # close the run so the jobs of a multirun stay apart
+    return trainer
