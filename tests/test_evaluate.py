@@ -91,3 +91,19 @@ def test_real_clips_at_another_size_are_refused(unconditional_ckpt, extractor, s
         evaluate(
             unconditional_ckpt, extractor, "data=folder", f"data.root={shared_videos / 'real'}"
         )
+
+
+def test_data_clip_len_sets_the_frames_and_a_conflicting_frames_is_refused(
+    unconditional_ckpt, extractor, shared_videos, tmp_path
+):
+    folder = ["data=folder", f"data.root={shared_videos / 'real'}", "data.size=32",
+              "data.num_workers=0", "num_samples=2"]  # fmt: skip
+    report = evaluate(unconditional_ckpt, extractor, *folder, "data.clip_len=4",
+                      f"out={tmp_path / 'm.json'}")  # fmt: skip
+    assert report["protocol"]["frames"] == 4  # the model trained on 8; data.clip_len is honoured
+    with pytest.raises(ValueError, match=r"frames=6 and data.clip_len=4 disagree") as caught:
+        evaluate(unconditional_ckpt, extractor, *folder, "data.clip_len=4", "frames=6")
+    assert "\n" not in str(caught.value)
+    same = evaluate(unconditional_ckpt, extractor, *folder, "data.clip_len=4", "frames=4",
+                    f"out={tmp_path / 'same.json'}")  # fmt: skip
+    assert same["metrics"] == report["metrics"]  # the same clips, the same FVD

@@ -1,4 +1,5 @@
-"""`make install`: which torch goes into the virtualenv (pinned, from another index, or kept)."""
+"""`make install`: which torch goes into the virtualenv (pinned, from another index, or kept);
+`.ci/run`: what CI requires that a laptop does not."""
 
 import os
 import subprocess
@@ -73,3 +74,20 @@ def test_keep_uses_the_torch_already_in_the_venv(tmp_path):
     # later calls remember keep: nothing to do, and no torch pin planned
     assert "Nothing to be done" in make("install", f"VENV={venv}").stdout
     assert torch_install_lines(venv=venv) == []
+
+
+def test_missing_test_videos_skip_here_but_fail_in_ci(tmp_path):
+    from conftest import find_shared_videos
+
+    with pytest.raises(pytest.skip.Exception):
+        find_shared_videos(tmp_path, {})
+    for environ in ({"VDM_REQUIRE_TEST_VIDEOS": "1"}, {"CI": "true"}):
+        with pytest.raises(pytest.fail.Exception, match="test videos not found"):
+            find_shared_videos(tmp_path, environ)
+    (tmp_path / "real").mkdir()
+    assert find_shared_videos(tmp_path, {"CI": "true"}) == tmp_path
+
+
+def test_ci_requires_the_test_videos():
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "export VDM_REQUIRE_TEST_VIDEOS=1" in ci

@@ -8,10 +8,14 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, train_tiny
+from hydra.utils import get_method
 
 from vdm.cli.sample import run
+from vdm.diffusion.flow_samplers import FlowEulerSampler
+from vdm.files.checkpoint import AtomicCheckpointIO
 from vdm.inference import class_labels, load_run
+from vdm.training.optim import warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,3 +155,39 @@ def test_fps_upscale_and_precision_reach_the_files(unconditional_ckpt, tmp_path)
     assert decoded_frames(out / "sample_0000.mp4").shape == (8, 64, 64, 3)
     with pytest.raises(ValueError, match="precision=fp8: use one of 32-true, bf16-mixed, 16-mixed"):
         sample(unconditional_ckpt, tmp_path, "num_samples=1", "precision=fp8")
+
+
+@pytest.fixture(scope="module")
+def flow_ckpt(tmp_path_factory) -> Path:
+    """A rectified-flow checkpoint of the tiny U-Net (its sample videos used Euler, 5 steps)."""
+    return train_tiny(tmp_path_factory.mktemp("trained") / "flow", 0, "diffusion=flow")
+
+
+def test_the_default_sampler_is_the_one_the_checkpoint_was_trained_with(
+    flow_ckpt, conditional_ckpt, tmp_path
+):
+    flow = load_run(flow_ckpt)
+    assert isinstance(flow.sampler(), FlowEulerSampler) and flow.sampler().steps == 5
+    out = run(compose_config("sample", f"ckpt_path={flow_ckpt}", "num_samples=1"))
+    assert out.name == "last-floweuler5-seed0"  # no sampler=euler needed
+    assert run(compose_config("sample", f"ckpt_path={conditional_ckpt}", "num_samples=1",
+                              "sampler.steps=2")).name == "last-ddim2-seed0"  # fmt: skip
+    with pytest.raises(ValueError, match="use sampler=euler or sampler=heun"):
+        sample(flow_ckpt, tmp_path, "sampler=ddim", "num_samples=1")
+
+
+def test_a_checkpoint_naming_classes_at_their_old_paths_still_loads(conditional_ckpt, tmp_path):
+    """Before vdm/training/ existed, configs named vdm.callbacks.SampleVideos, vdm.optim.*."""
+    stored = torch.load(conditional_ckpt, map_location="cpu", weights_only=True)
+    config = stored["hyper_parameters"]
+    config["lr_scheduler"]["_target_"] = "vdm.optim.warmup_cosine"
+    config["callbacks"]["sample_videos"]["_target_"] = "vdm.callbacks.SampleVideos"
+    config["callbacks"]["nonfinite"]["_target_"] = "vdm.guards.NonFiniteGuard"
+    old = tmp_path / "checkpoints" / "old.ckpt"
+    AtomicCheckpointIO().save_checkpoint(stored, old)
+    loaded = load_run(old)
+    assert loaded.config.lr_scheduler._target_ == "vdm.training.optim.warmup_cosine"
+    assert loaded.config.callbacks.sample_videos._target_ == "vdm.training.callbacks.SampleVideos"
+    assert get_method(loaded.config.lr_scheduler._target_) is warmup_cosine
+    fresh = load_run(conditional_ckpt).model.denoiser.state_dict()
+    assert all(torch.equal(v, fresh[k]) for k, v in loaded.model.denoiser.state_dict().items())

@@ -10,7 +10,9 @@ from conftest import CONF, compose_run
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from vdm.cli.checks import ConfigError, check_train_config
 from vdm.cli.train import run
 from vdm.training.build import build_callbacks, build_loggers, build_module
 
@@ -207,10 +209,38 @@ def test_every_option_of_every_group_composes_and_instantiates(
         ]
     if group == "experiment":
         overrides += ["data.num_classes=7"]
+    if (group, option) in (("sampler", "euler"), ("sampler", "heun")):
+        overrides.append("diffusion=flow")  # flow samplers integrate a flow
     cfg = compose_run(tmp_path, *overrides, fast=False)
-    assert build_module(cfg) is not None
-    assert instantiate(cfg.data) is not None
-    assert instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg))
+    if (group, option) == ("sampler", "checkpoint"):  # vdm.sample's and vdm.evaluate's only
+        with pytest.raises(ConfigError, match="sampler=checkpoint picks a trained run's"):
+            check_train_config(cfg)
+        return
+    check_train_config(cfg)
+
+    def built(target: str) -> str:
+        return target.rsplit(".", 1)[1]
+
+    module = build_module(cfg)
+    assert type(module.denoiser).__name__ == built(cfg.model._target_)
+    assert type(module.diffusion).__name__ == built(cfg.diffusion._target_)
+    assert module.hparams["model"] == OmegaConf.to_container(cfg.model, resolve=True)
+    data = instantiate(cfg.data)
+    assert type(data).__name__ == built(cfg.data._target_)
+    assert (data.clip_len, data.size, data.batch_size, data.seed) == (
+        cfg.data.clip_len, cfg.data.size, cfg.data.batch_size, cfg.data.seed
+    )  # fmt: skip
+    callbacks = build_callbacks(cfg)
+    expected = sorted(built(c._target_) for c in cfg.callbacks.values() if c is not None)
+    assert sorted(type(c).__name__ for c in callbacks) == expected
+    for samples in (c for c in callbacks if type(c).__name__ == "SampleVideos"):
+        assert type(samples.sampler).__name__ == built(cfg.sampler._target_)
+    loggers = build_loggers(cfg)
+    assert sorted(type(lg).__name__ for lg in loggers) == sorted(
+        built(lg._target_) for lg in (cfg.get("logger") or {}).values() if lg is not None
+    )
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    assert (trainer.max_steps, trainer.precision) == (cfg.trainer.max_steps, cfg.trainer.precision)
 
 
 @pytest.mark.slow

@@ -110,6 +110,11 @@ def check_train_config(cfg: DictConfig) -> None:
             f"{time}: e.g. data.clip_len={max(time, clip_len // time * time)}."
         )
     process = "diffusion=flow" if is_flow(cfg.diffusion) else "diffusion=ddpm"
+    if cfg.sampler.get("from_checkpoint"):
+        raise ConfigError(
+            "sampler=checkpoint picks a trained run's sampler in vdm.sample and vdm.evaluate; "
+            "training needs one: sampler=ddim, ddpm or dpmpp (DDPM), euler or heun (flow)."
+        )
     check_sampler_fits(cfg.sampler, cfg.diffusion, process)
     steps = _get(cfg, "sampler.steps")
     # A flow's time is continuous (any number of steps); DDPM has schedule.num_steps.
