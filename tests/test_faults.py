@@ -13,6 +13,7 @@ from conftest import compose_config, compose_run
 from lightning import Callback
 
 from vdm.cli.checks import ConfigError
+from vdm.cli.errors import user_errors_in_one_line
 from vdm.cli.sample import run as sample
 from vdm.cli.train import run
 from vdm.files.checkpoint import AtomicCheckpointIO, load_checkpoint, nonfinite_weights, sidecar_of
@@ -255,3 +256,23 @@ def test_bad_sampling_values_are_one_line(conditional_ckpt, tmp_path, overrides,
     with pytest.raises(ConfigError, match=message):
         sample(cfg)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (["+data.clip_length=3"], "vdm: error: data.clip_length is not a data option: use one of"),
+        (["callbacks.nonfinite.mode=often"], "vdm: error: callbacks.nonfinite.mode='often': use"),
+        (["+trainer.max_step=3"], "vdm: error: trainer: Trainer.__init__() got an unexpected"),
+    ],
+)
+def test_a_value_or_key_a_constructor_refuses_is_one_line_naming_it(
+    tmp_path, capsys, overrides, line
+):
+    """Refused while Hydra instantiates (wrapped in its InstantiationException): one line."""
+    cfg = compose_run(tmp_path, *overrides)
+    with pytest.raises(SystemExit) as caught, user_errors_in_one_line():
+        run(cfg)
+    assert caught.value.code == 1
+    (printed,) = capsys.readouterr().err.strip().splitlines()
+    assert printed.startswith(line)

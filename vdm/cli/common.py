@@ -6,7 +6,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from vdm.cli.checks import check_sampler_fits
-from vdm.diffusion.samplers import Sampler
+from vdm.diffusion.sampling_loop import SamplingLoop
 from vdm.inference.build import build_sampler
 from vdm.inference.model import compile_denoiser
 from vdm.inference.run import LoadedRun, load_run, resolve_device
@@ -33,6 +33,6 @@ def sampler_config(cfg: DictConfig, loaded: LoadedRun) -> DictConfig:
     return cfg.sampler
 
 
-def sampler_for(cfg: DictConfig, loaded: LoadedRun) -> Sampler:
+def sampler_for(cfg: DictConfig, loaded: LoadedRun) -> SamplingLoop:
     """The sampler of :func:`sampler_config`."""
     return build_sampler(sampler_config(cfg, loaded))

@@ -21,7 +21,7 @@ from vdm.cli.checks import check_sample_config
 from vdm.cli.common import load_configured_run, sampler_for
 from vdm.cli.errors import user_errors_in_one_line
 from vdm.diffusion.context import TASKS
-from vdm.diffusion.samplers import Sampler
+from vdm.diffusion.sampling_loop import SamplingLoop
 from vdm.files.video import to_uint8, write_clips, write_npz
 from vdm.inference.generation import (
     class_labels,
@@ -57,7 +57,7 @@ def check_task(cfg: DictConfig, loaded: LoadedRun) -> str:
 
 
 def sample_task(
-    cfg: DictConfig, task: str, loaded: LoadedRun, sampler: Sampler, labels: list[int] | None
+    cfg: DictConfig, task: str, loaded: LoadedRun, sampler: SamplingLoop, labels: list[int] | None
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Sample ``task`` as ``cfg`` says.
 

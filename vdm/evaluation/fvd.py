@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import torch
 
-from vdm.diffusion.samplers import Sampler
+from vdm.diffusion.sampling_loop import SamplingLoop
 from vdm.evaluation.metrics import FrechetVideoDistance
 from vdm.files.video import to_uint8
 from vdm.inference.generation import class_labels
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def fvd_of_samples(
     loaded: LoadedRun,
-    sampler: Sampler,
+    sampler: SamplingLoop,
     fvd: FrechetVideoDistance,
     real_batches: Iterable[dict],
     num_samples: int,

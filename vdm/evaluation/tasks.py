@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import torch
 
 from vdm.diffusion.context import task_mask
-from vdm.diffusion.samplers import Sampler
+from vdm.diffusion.sampling_loop import SamplingLoop
 from vdm.evaluation.metrics import clip_psnr_ssim
 from vdm.inference.generation import sample_videos
 from vdm.inference.model import Generative
@@ -63,7 +63,7 @@ def summarise(values: dict[str, list[torch.Tensor]]) -> dict[str, dict[str, floa
 
 def evaluate_context_task(
     model: Generative,
-    sampler: Sampler,
+    sampler: SamplingLoop,
     task: str,
     batches: Iterable[dict],
     given: int,

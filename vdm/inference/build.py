@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from vdm.diffusion.samplers import Sampler
+from vdm.diffusion.sampling_loop import SamplingLoop
 from vdm.inference.model import Process
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def build_model(cfg: DictConfig) -> nn.Module:
     return model
 
 
-def build_sampler(sampler: DictConfig) -> Sampler:
+def build_sampler(sampler: DictConfig) -> SamplingLoop:
     """The sampler of a ``sampler`` config."""
     log.info("Instantiating sampler <%s>", sampler._target_)
     return instantiate(sampler)

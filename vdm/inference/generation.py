@@ -12,7 +12,7 @@ import torch
 
 from vdm.diffusion.context import task_mask
 from vdm.diffusion.extend import extend_video
-from vdm.diffusion.samplers import Sampler
+from vdm.diffusion.sampling_loop import SamplingLoop
 from vdm.inference.model import Generative
 
 AUTOCAST_DTYPES = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -42,7 +42,7 @@ def class_labels(labels: list[int] | None, num_samples: int, num_classes: int) -
     return [labels[i % len(labels)] for i in range(num_samples)]
 
 
-def sampler_name(sampler: Sampler, num_steps: int) -> str:
+def sampler_name(sampler: SamplingLoop, num_steps: int) -> str:
     """``ddim50``, ``dpmsolver20``, ``ddpm1000``, ``floweuler20``: names output folders."""
     kind = type(sampler).__name__.removesuffix("Sampler").lower()
     return f"{kind}{sampler.steps or num_steps}"
@@ -50,7 +50,7 @@ def sampler_name(sampler: Sampler, num_steps: int) -> str:
 
 def sample_videos(
     model: Generative,
-    sampler: Sampler,
+    sampler: SamplingLoop,
     clip_shape: tuple[int, int, int, int],
     labels: list[int] | None,
     num_samples: int,
@@ -144,7 +144,7 @@ def window_context(
 
 def sample_long_videos(
     model: Generative,
-    sampler: Sampler,
+    sampler: SamplingLoop,
     frame_shape: tuple[int, int, int],
     total_frames: int,
     window: int,

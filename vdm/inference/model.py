@@ -12,7 +12,8 @@ from torch import nn
 
 from vdm.diffusion.flow import FlowMatching
 from vdm.diffusion.process import GaussianDiffusion
-from vdm.diffusion.samplers import Sampler, guided
+from vdm.diffusion.samplers import guided
+from vdm.diffusion.sampling_loop import SamplingLoop
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,9 @@ class Generative(Protocol):
     @property
     def frame_conditioning(self) -> bool: ...
 
-    def generate(self, sampler: Sampler, shape: tuple[int, ...], **options) -> torch.Tensor: ...
+    def generate(
+        self, sampler: SamplingLoop, shape: tuple[int, ...], **options
+    ) -> torch.Tensor: ...
 
 
 def num_classes_of(denoiser: nn.Module) -> int:
@@ -52,7 +55,7 @@ def takes_given_frames(denoiser: nn.Module) -> bool:
 def generate(
     denoiser: nn.Module,
     diffusion: Process,
-    sampler: Sampler,
+    sampler: SamplingLoop,
     shape: tuple[int, ...],
     labels: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
@@ -152,7 +155,7 @@ class DiffusionModel(nn.Module):
     ) -> torch.Tensor:
         return self.denoiser(x, t, labels, context=context)
 
-    def generate(self, sampler: Sampler, shape: tuple[int, ...], **options) -> torch.Tensor:
+    def generate(self, sampler: SamplingLoop, shape: tuple[int, ...], **options) -> torch.Tensor:
         """:func:`generate` with this model's denoiser and process."""
         return generate(self.denoiser, self.diffusion, sampler, shape, **options)
 

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vdm.data.dataset import read_video_start
-from vdm.diffusion.samplers import Sampler
+from vdm.diffusion.sampling_loop import SamplingLoop
 from vdm.files.checkpoint import load_checkpoint
 from vdm.inference.build import build_diffusion, build_model, build_sampler
 from vdm.inference.generation import sample_videos, sampler_name
@@ -86,13 +86,13 @@ class LoadedRun:
             config.steps = steps
         return config
 
-    def sampler(self, steps: int | None = None) -> Sampler:
+    def sampler(self, steps: int | None = None) -> SamplingLoop:
         """The sampler of :meth:`sampler_config`."""
         return build_sampler(self.sampler_config(steps))
 
     def sample(
         self,
-        sampler: Sampler | None = None,
+        sampler: SamplingLoop | None = None,
         num_samples: int = 16,
         batch_size: int = 16,
         frames: int | None = None,

@@ -11,7 +11,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
 from vdm.diffusion.context import task_mask
-from vdm.diffusion.samplers import Sampler
+from vdm.diffusion.sampling_loop import SamplingLoop
 from vdm.files.video import to_uint8, write_clips
 from vdm.inference.generation import sample_videos, side_by_side
 
@@ -50,7 +50,7 @@ class SampleVideos(Callback):
 
     def __init__(
         self,
-        sampler: Sampler,
+        sampler: SamplingLoop,
         dirpath: str | Path,
         num_samples: int = 4,
         guidance_scale: float = 1.0,

@@ -14,7 +14,7 @@ from torch import nn
 from vdm.diffusion.context import ContextMasks
 from vdm.diffusion.flow import FlowMatching
 from vdm.diffusion.process import GaussianDiffusion
-from vdm.diffusion.samplers import Sampler
+from vdm.diffusion.sampling_loop import SamplingLoop
 from vdm.inference.model import generate, num_classes_of, takes_given_frames
 from vdm.training.lightning_internals import attached_trainer
 from vdm.training.optim import parameter_groups
@@ -181,7 +181,7 @@ class VideoDiffusionModule(LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
-    def generate(self, sampler: Sampler, shape: tuple[int, ...], **options) -> torch.Tensor:
+    def generate(self, sampler: SamplingLoop, shape: tuple[int, ...], **options) -> torch.Tensor:
         """Sample videos ``shape = (N, C, T, H, W)`` in [-1, 1] with the current weights
         (:func:`vdm.inference.model.generate`: labels, guidance, generator, context, ...)."""
         return generate(self.denoiser, self.diffusion, sampler, shape, **options)
