@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import platform
 import time
 
 import torch
+
+from vdm.training.flops import matmul_flops
 
 
 def header() -> str:
@@ -16,14 +17,7 @@ def header() -> str:
     )
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Best-of-3 throughput of an n×n matmul: this machine's practical peak."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = math.inf
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 * repeats / best / 1e9
+def matmul_gflops(dtype: torch.dtype) -> float:
+    """This machine's practical matmul peak in GFLOP/s, measured as the training logs measure
+    the CPU peak of ``train/mfu`` (:func:`vdm.training.flops.matmul_flops`)."""
+    return matmul_flops(dtype) / 1e9

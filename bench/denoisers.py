@@ -6,16 +6,16 @@ inference call, side by side, on this machine.
 A training step is forward + MSE + backward + AdamW. Each (model, workload, precision) runs in
 its own subprocess, so its peak RSS is its own; the subprocesses of one round run one after the
 other, and rounds repeat them (interleaved), so drift in the machine hits every model alike. The
-tables give medians over all timed steps. FLOPs come from ``torch.utils.flop_counter`` plus the
-attention FLOPs it does not count on CPU (``scaled_dot_product_attention``: 4·Lq·Lk·d per head
-forward, twice that backward). The matmul peak is measured in the same run.
+tables give medians over all timed steps. FLOPs come from ``vdm.training.flops.count_flops``, as
+in the training logs' ``train/mfu``: ``torch.utils.flop_counter`` with formulas for the CPU
+attention kernels it misses (``scaled_dot_product_attention``: 4·Lq·Lk·d per head forward,
+twice that backward). The matmul peak is measured in the same run, as the logs measure it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import statistics
 import subprocess
@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from _anchors import MODELS, PAIRS, import_all  # bench/ is on sys.path: scripts run from it
 from _machine import header, matmul_gflops
-from torch.utils.flop_counter import FlopCounterMode
+
+from vdm.training.flops import count_flops  # as train/mfu counts (gpu_estimate.py too)
 
 WORKLOADS = {"W1": (4, 3, 8, 32, 32), "W2": (2, 3, 16, 64, 64)}  # (B, C, T, H, W)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -66,39 +67,6 @@ class SavedActivations:
     @property
     def gigabytes(self) -> float:
         return sum(self.sizes.values()) / 2**30
-
-
-class AttentionFlops:
-    """Counts the FLOPs of ``F.scaled_dot_product_attention`` calls while active."""
-
-    def __init__(self) -> None:
-        self.flops = 0
-
-    def __enter__(self) -> AttentionFlops:
-        self.original = F.scaled_dot_product_attention
-
-        def counted(q, k, v, *args, **kwargs):
-            heads_times_batch = math.prod(q.shape[:-2])
-            forward = (
-                2 * heads_times_batch * q.shape[-2] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
-            )
-            training = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
-            self.flops += forward * (3 if training else 1)  # backward ≈ 2 × forward
-            return self.original(q, k, v, *args, **kwargs)
-
-        F.scaled_dot_product_attention = counted
-        return self
-
-    def __exit__(self, *exc) -> None:
-        F.scaled_dot_product_attention = self.original
-
-
-def count_flops(fn) -> int:
-    with AttentionFlops() as attention, FlopCounterMode(display=False) as counter:
-        fn()
-    counted_ops = {str(op) for op in counter.get_flop_counts().get("Global", {})}
-    sdpa_counted = any("scaled_dot_product" in op for op in counted_ops)
-    return counter.get_total_flops() + (0 if sdpa_counted else attention.flops)
 
 
 def worker(name: str, workload: str, precision: str, steps: int, flops: bool) -> dict:
@@ -253,7 +221,7 @@ def main() -> None:
         f"{header()}, diffusers {version('diffusers')}, "
         f"video-diffusion-pytorch {version('video-diffusion-pytorch')}"
     )
-    print(f"# matmul peak (2048², same run): fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} "
+    print(f"# matmul peak (1024², same run): fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} "
           "GFLOP/s")  # fmt: skip
     results: dict[tuple[str, str, str], dict] = {}
     for workload in args.workloads:

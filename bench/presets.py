@@ -1,10 +1,13 @@
 """Training-step speed of every preset in conf/model on this machine.
 
     python bench/presets.py [--batch 4 --frames 8 --size 32 --repeats 5 --presets unet3d ...]
+                            [--precisions fp32 bf16] [--mfu]
 
 One step = forward + MSE + backward + AdamW, on a (batch, 3, frames, size, size) video, in
 fp32 and under bf16 autocast. Prints parameters, median seconds per step and clips per second,
-and the machine's fp32 / bf16 matmul throughput measured in the same run for context.
+and the machine's fp32 / bf16 matmul throughput measured in the same run for context. ``--mfu``
+adds the model FLOPs of a step and the MFU, computed as the training logs compute
+``train/mfu`` (``vdm.training.flops``): compare them with a run's logs on the same machine.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import torch
 from _machine import header, matmul_gflops
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+
+from vdm.training.flops import training_flops_per_clip
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -58,29 +63,36 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--presets", nargs="*", default=None, help="default: all of conf/model")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
+                        choices=["fp32", "bf16"])  # fmt: skip
+    parser.add_argument("--mfu", action="store_true", help="add model FLOPs and MFU columns")
     args = parser.parse_args()
     presets = args.presets or sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
     print(header())
-    print(
-        f"# matmul peak: fp32 {matmul_gflops(torch.float32):.0f} GFLOP/s, "
-        f"bf16 {matmul_gflops(torch.bfloat16):.0f} GFLOP/s"
-    )
+    peaks = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    print(f"# matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     print(f"# batch {args.batch} x 3 x {args.frames} x {args.size}^2, median of {args.repeats}")
-    print("| preset | parameters | fp32 s/step | fp32 clips/s | bf16 s/step | bf16 clips/s |")
-    print("|---|---:|---:|---:|---:|---:|")
+    columns = ["s/step", "clips/s"] + (["MFU"] if args.mfu else [])
+    head = ["preset", "parameters"] + (["GFLOP/step"] if args.mfu else [])
+    head += [f"{p} {c}" for p in args.precisions for c in columns]
+    print(f"| {' | '.join(head)} |")
+    print(f"|---|{'---:|' * (len(head) - 1)}")
     x = torch.randn(args.batch, 3, args.frames, args.size, args.size)
     for preset in presets:
         torch.manual_seed(0)
         model = build(preset).train()
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        fp32 = step_seconds(model, x, bf16=False, repeats=args.repeats)
-        bf16 = step_seconds(model, x, bf16=True, repeats=args.repeats)
-        print(
-            f"| {preset} | {params:.2f} M | {fp32:.3f} | {args.batch / fp32:.2f} | "
-            f"{bf16:.3f} | {args.batch / bf16:.2f} |",
-            flush=True,
-        )
+        cells = [preset, f"{params:.2f} M"]
+        if args.mfu:  # what train/mfu counts: one clip's forward + backward, times the batch
+            flops = training_flops_per_clip(model, tuple(x.shape[1:])) * args.batch
+            cells.append(f"{flops / 1e9:.1f}")
+        for precision in args.precisions:
+            step = step_seconds(model, x, bf16=precision == "bf16", repeats=args.repeats)
+            cells += [f"{step:.3f}", f"{args.batch / step:.2f}"]
+            if args.mfu:
+                cells.append(f"{flops / step / 1e9 / peaks[precision]:.1%}")
+        print(f"| {' | '.join(cells)} |", flush=True)
 
 
 if __name__ == "__main__":

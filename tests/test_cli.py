@@ -3,9 +3,11 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -152,22 +154,31 @@ def test_evaluate_command_writes_the_metrics_json(unconditional_ckpt, tmp_path):
     assert json.loads(out.read_text())["protocol"]["num_generated"] == 8
 
 
-def started_training(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
-    """``python train.py ARGS`` in the background, returned once its steps are running."""
-    import time
+# Progress lines (vdm.training.progress) after every step: the marker that training runs.
+EVERY_STEP = "callbacks.progress_log.every_n_steps=1"
 
+
+def wait_for_step(log: Path, process: subprocess.Popen, step: int = 2) -> None:
+    """Return once ``log`` reports optimizer step ``step`` (``step 2/...``), whatever the
+    machine's speed; fail if the process ends first or 10 minutes pass."""
+    deadline = time.monotonic() + 600
+    while True:
+        text = log.read_text() if log.is_file() else ""
+        if any(int(n) >= step for n in re.findall(r"\bstep (\d+)/", text)):
+            return
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.2)
+
+
+def started_training(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    """``python train.py ARGS`` in the background, returned once two steps have run."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "VDM_DATA_DIR": str(tmp_path.parent / "data"), "WANDB_SILENT": "true"}
     process = subprocess.Popen(
-        [sys.executable, "train.py", *args, f"hydra.run.dir={run_dir}"],
+        [sys.executable, "train.py", *args, EVERY_STEP, f"hydra.run.dir={run_dir}"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 600
-    log = run_dir / "train.log"
-    while not (log.is_file() and "Data:" in log.read_text()):  # the data set is ready
-        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
-        time.sleep(0.5)
-    time.sleep(15)  # well into the steps
+    wait_for_step(run_dir / "train.log", process)
     return process, run_dir
 
 
@@ -271,8 +282,6 @@ def child_of(pid: int) -> int:
 
 
 def test_the_sbatch_script_requeues_on_sigusr1_and_the_requeued_job_resumes(tmp_path):
-    import time
-
     from test_slurm import SLURM
 
     calls = stand_ins(tmp_path / "bin")
@@ -288,17 +297,11 @@ def test_the_sbatch_script_requeues_on_sigusr1_and_the_requeued_job_resumes(tmp_
     }
     script = ["bash", str(REPO / "scripts" / "slurm" / "train.sbatch"), "debug=fast"]
     job = subprocess.Popen(
-        [*script, "trainer.max_steps=100000", "trainer.val_check_interval=100000"],
+        [*script, "trainer.max_steps=100000", "trainer.val_check_interval=100000", EVERY_STEP],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     run_dir = tmp_path / "logs" / "runs" / "slurm-4242"
-    deadline = time.monotonic() + 600
-    while not (
-        (run_dir / "train.log").is_file() and "Data:" in (run_dir / "train.log").read_text()
-    ):
-        assert job.poll() is None and time.monotonic() < deadline, job.stderr.read()
-        time.sleep(0.5)
-    time.sleep(15)  # well into the steps
+    wait_for_step(run_dir / "train.log", job)
     os.kill(child_of(job.pid), signal.SIGUSR1)  # what --signal=SIGUSR1@90 sends each task
     _, stderr = job.communicate(timeout=300)
     assert job.returncode == 138, stderr[-2000:]
