@@ -113,7 +113,41 @@ def generate(
         denoiser.train(was_training)
 
 
-class DiffusionModel(nn.Module):
+class DenoiserHolder:
+    """What a module holding ``denoiser`` and ``diffusion`` offers, shared by
+    :class:`DiffusionModel` and the Lightning module: its class count, whether it takes given
+    frames, the denoiser's forward and :func:`generate`. Put it before ``nn.Module`` in the
+    bases."""
+
+    denoiser: nn.Module
+    diffusion: Process
+
+    @property
+    def num_classes(self) -> int:
+        """The denoiser's class count (0: unconditional)."""
+        return num_classes_of(self.denoiser)
+
+    @property
+    def frame_conditioning(self) -> bool:
+        """Whether the denoiser takes given frames (trained with context masks)."""
+        return takes_given_frames(self.denoiser)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.denoiser(x, t, labels, context=context)
+
+    def generate(self, sampler: SamplingLoop, shape: tuple[int, ...], **options) -> torch.Tensor:
+        """Sample videos ``shape = (N, C, T, H, W)`` in [-1, 1] with the current weights
+        (:func:`generate`: labels, guidance, generator, context, ...)."""
+        return generate(self.denoiser, self.diffusion, sampler, shape, **options)
+
+
+class DiffusionModel(DenoiserHolder, nn.Module):
     """A denoiser and the diffusion process (or flow) it was trained to reverse.
 
     Its state dict has the Lightning module's keys (``denoiser.*``), so a training checkpoint's
@@ -137,27 +171,6 @@ class DiffusionModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.denoiser.parameters()).device
-
-    @property
-    def num_classes(self) -> int:
-        return num_classes_of(self.denoiser)
-
-    @property
-    def frame_conditioning(self) -> bool:
-        return takes_given_frames(self.denoiser)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        context: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return self.denoiser(x, t, labels, context=context)
-
-    def generate(self, sampler: SamplingLoop, shape: tuple[int, ...], **options) -> torch.Tensor:
-        """:func:`generate` with this model's denoiser and process."""
-        return generate(self.denoiser, self.diffusion, sampler, shape, **options)
 
 
 def compile_denoiser(model: Generative) -> None:

@@ -14,15 +14,14 @@ from torch import nn
 from vdm.diffusion.context import ContextMasks
 from vdm.diffusion.flow import FlowMatching
 from vdm.diffusion.process import GaussianDiffusion
-from vdm.diffusion.sampling_loop import SamplingLoop
-from vdm.inference.model import generate, num_classes_of, takes_given_frames
+from vdm.inference.model import DenoiserHolder, takes_given_frames
 from vdm.training.lightning_internals import attached_trainer
 from vdm.training.optim import parameter_groups
 
 QUARTILES = 4  # train/loss_q0..q3: loss per quarter of the timestep range
 
 
-class VideoDiffusionModule(LightningModule):
+class VideoDiffusionModule(DenoiserHolder, LightningModule):
     """Trains ``denoiser`` to reverse ``diffusion`` on batches ``{"video", "label", "fps"}``.
 
     Logs ``train/loss``, ``train/loss_q0``..``q3`` (the loss in each quarter of the timestep
@@ -82,24 +81,6 @@ class VideoDiffusionModule(LightningModule):
                 "context masks need a denoiser built with frame conditioning: set "
                 "model.frame_conditioning=true (context=mixed does)."
             )
-
-    @property
-    def num_classes(self) -> int:
-        return num_classes_of(self.denoiser)
-
-    @property
-    def frame_conditioning(self) -> bool:
-        """Whether the denoiser takes given frames (trained with context masks)."""
-        return takes_given_frames(self.denoiser)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        context: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return self.denoiser(x, t, labels, context=context)
 
     def _generator(self, *key: int) -> torch.Generator:
         """A generator on this device seeded from ``(seed, *key)``."""
@@ -180,8 +161,3 @@ class VideoDiffusionModule(LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
-
-    def generate(self, sampler: SamplingLoop, shape: tuple[int, ...], **options) -> torch.Tensor:
-        """Sample videos ``shape = (N, C, T, H, W)`` in [-1, 1] with the current weights
-        (:func:`vdm.inference.model.generate`: labels, guidance, generator, context, ...)."""
-        return generate(self.denoiser, self.diffusion, sampler, shape, **options)
