@@ -208,3 +208,17 @@ make test-slow ARGS="tests/test_cli.py::test_resume_continues_from_the_checkpoin
 `hydra.run.dir=/tmp/run` and `python -m vdm.evaluate ckpt_path=... fvd.extractor=i3d.pt`
 """
     assert problems(REPO / "docs" / "page.md", text) == []
+
+
+def test_the_readme_lists_every_default_callback_and_each_group_option():
+    """The configuration table's rows name what the configs hold, no more, no less."""
+    readme = (REPO / "README.md").read_text()
+    (row,) = [line for line in readme.splitlines() if line.startswith("| `callbacks/` |")]
+    listed = re.findall(r"`(\w+)`", row.split("`default` =")[1].split("|")[0])
+    default = (REPO / "conf" / "callbacks" / "default.yaml").read_text()
+    assert listed == [c for c in re.findall(r"^  - (\w+)$", default, flags=re.M) if c != "_self_"]
+    for group in ("schedule", "sampler", "diffusion", "context", "logger", "data"):
+        (row,) = [line for line in readme.splitlines() if line.startswith(f"| `{group}/` |")]
+        named = set(re.findall(r"`(\w+)`", row.split("|")[2])) - {"null"}  # a group turned off
+        options = {p.stem for p in (REPO / "conf" / group).glob("*.yaml")}
+        assert named == options, group
