@@ -276,3 +276,27 @@ def test_a_value_or_key_a_constructor_refuses_is_one_line_naming_it(
     assert caught.value.code == 1
     (printed,) = capsys.readouterr().err.strip().splitlines()
     assert printed.startswith(line)
+
+
+def test_a_bug_keeps_its_traceback_in_the_terminal_and_in_the_log(tmp_path, capsys):
+    """Only vdm's own errors for a user's input are one line: a ValueError from deep inside a
+    library is a bug, printed with its traceback (and written to the log file)."""
+    log_file = tmp_path / "train.log"
+    handler = logging.FileHandler(log_file)
+    logging.getLogger().addHandler(handler)
+    try:
+        with pytest.raises(SystemExit) as caught, user_errors_in_one_line():
+            torch.nn.functional.interpolate(torch.zeros(1, 1, 4), size=(2, 2))
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    assert caught.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "interpolate" in err
+    assert err.strip().splitlines()[-1].startswith("vdm: error: unexpected ValueError, a bug")
+    assert "Traceback (most recent call last)" in log_file.read_text()
+    with pytest.raises(SystemExit), user_errors_in_one_line():  # a user's error: one line
+        raise ConfigError("data.size=0: must be a number >= 1 (frame height and width in pixels).")
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "vdm: error: data.size=0: must be a number >= 1 (frame height and width in pixels)."
+    ]

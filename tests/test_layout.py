@@ -11,12 +11,12 @@ import pytest
 VDM = Path(__file__).resolve().parents[1] / "vdm"
 
 # What each folder may import from vdm (docs/design.md, "What may import what").
-BASE = {"diffusion", "models", "files", "data"}
+BASE = {"errors", "diffusion", "models", "files", "data"}
 ALLOWED = {
-    "diffusion": set(),
-    "models": set(),
-    "files": set(),
-    "data": {"files"},
+    "diffusion": {"errors"},
+    "models": {"errors"},
+    "files": {"errors"},
+    "data": {"errors", "files"},
     "conf": set(),
     "inference": BASE,
     "evaluation": BASE | {"inference"},
@@ -24,7 +24,8 @@ ALLOWED = {
     "cli": BASE | {"inference", "evaluation", "training", "cli"},
 }
 COMMANDS = {"vdm.cli.train", "vdm.cli.sample", "vdm.cli.evaluate"}
-SHIMS = {"train.py", "sample.py", "evaluate.py", "__init__.py"}  # vdm/*.py
+SHIMS = {"train.py", "sample.py", "evaluate.py", "__init__.py"}  # vdm/*.py: entry shims
+TOP = SHIMS | {"errors.py"}  # and the user-error types every folder may raise
 
 
 def vdm_imports(path: Path) -> set[str]:
@@ -58,8 +59,9 @@ def test_the_commands_never_import_each_other():
         assert not (vdm_imports(path) & (COMMANDS - {command})), command
 
 
-def test_top_level_modules_are_only_the_entry_shims():
-    assert {p.name for p in VDM.glob("*.py")} == SHIMS
+def test_top_level_modules_are_only_the_entry_shims_and_the_error_types():
+    assert {p.name for p in VDM.glob("*.py")} == TOP
+    assert vdm_imports(VDM / "errors.py") == set()
     for shim in SHIMS - {"__init__.py"}:
         assert vdm_imports(VDM / shim) == {f"vdm.cli.{shim[:-3]}"}
 

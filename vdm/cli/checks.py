@@ -9,10 +9,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from vdm.errors import UserError
 from vdm.inference.build import is_flow
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config value that cannot work; the message names the key and what is allowed."""
 
 

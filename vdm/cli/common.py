@@ -7,6 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vdm.cli.checks import check_sampler_fits
 from vdm.diffusion.sampling_loop import SamplingLoop
+from vdm.errors import UserError
 from vdm.inference.build import build_sampler
 from vdm.inference.model import compile_denoiser
 from vdm.inference.run import LoadedRun, load_run, resolve_device
@@ -15,7 +16,7 @@ from vdm.inference.run import LoadedRun, load_run, resolve_device
 def load_configured_run(cfg: DictConfig, command: str) -> LoadedRun:
     """The run of ``cfg.ckpt_path`` on ``cfg.device``, compiled if ``cfg.compile``."""
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
-        raise ValueError(
+        raise UserError(
             f"ckpt_path is missing: python -m {command} ckpt_path=<run dir>/checkpoints/last.ckpt"
         )
     loaded = load_run(cfg.ckpt_path, resolve_device(cfg.device))

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from vdm.cli.checks import check_sample_config
 from vdm.cli.common import load_configured_run, sampler_config, sampler_for
 from vdm.cli.errors import user_errors_in_one_line
+from vdm.errors import UserError
 from vdm.evaluation.fvd import fvd_of_samples
 from vdm.evaluation.metrics import FrechetVideoDistance
 from vdm.evaluation.real_clips import real_batches, real_data_config
@@ -34,11 +35,11 @@ def check_config(cfg: DictConfig) -> str:
     check_sample_config(cfg)
     task = cfg.get("task") or "generate"
     if task not in TASKS:
-        raise ValueError(f"Unknown task={task}: use generate, predict or interpolate.")
+        raise UserError(f"Unknown task={task}: use generate, predict or interpolate.")
     keys = ("ckpt_path", "fvd.extractor") if task == "generate" else ("ckpt_path",)
     for key in keys:
         if OmegaConf.is_missing(cfg, key) or not OmegaConf.select(cfg, key):
-            raise ValueError(
+            raise UserError(
                 f"{key} is missing: python -m vdm.evaluate ckpt_path=<run dir>/checkpoints/"
                 "last.ckpt fvd.extractor=/path/to/i3d_torchscript.pt"
             )
@@ -61,14 +62,14 @@ def run(cfg: DictConfig) -> dict:
     if fvd is not None:
         fvd = fvd.to(model.device)
     if task != "generate" and not model.frame_conditioning:
-        raise ValueError(
+        raise UserError(
             f"task={task} needs a checkpoint trained with frame masks (python train.py "
             f"context=mixed); ckpt_path={cfg.ckpt_path} was trained with context=none."
         )
     sampler = sampler_for(cfg, loaded)
     data_cfg = real_data_config(cfg.get("data"), run_cfg, cfg.frames, cfg.batch_size)
     if data_cfg.size != run_cfg.data.size:
-        raise ValueError(
+        raise UserError(
             f"data.size={data_cfg.size} differs from the model's {run_cfg.data.size} px: set "
             f"data.size={run_cfg.data.size} so real and generated clips share a resolution."
         )

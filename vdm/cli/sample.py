@@ -22,6 +22,7 @@ from vdm.cli.common import load_configured_run, sampler_for
 from vdm.cli.errors import user_errors_in_one_line
 from vdm.diffusion.context import TASKS
 from vdm.diffusion.sampling_loop import SamplingLoop
+from vdm.errors import UserError
 from vdm.files.video import to_uint8, write_clips, write_npz
 from vdm.inference.generation import (
     class_labels,
@@ -43,16 +44,16 @@ def check_task(cfg: DictConfig, loaded: LoadedRun) -> str:
     """The task of ``cfg``, after the checks that need no sampling."""
     task = cfg.get("task") or "generate"
     if task not in TASKS:
-        raise ValueError(f"Unknown task={task}: use one of {', '.join(TASKS)}.")
+        raise UserError(f"Unknown task={task}: use one of {', '.join(TASKS)}.")
     if task != "generate" and not loaded.model.frame_conditioning:
-        raise ValueError(
+        raise UserError(
             f"task={task} needs a checkpoint trained with frame masks (python train.py "
             f"context=mixed); ckpt_path={cfg.ckpt_path} was trained with context=none."
         )
     if task in ("predict", "interpolate") and not cfg.context.video:
-        raise ValueError(f"task={task} needs context.video=PATH, the video whose frames are given.")
+        raise UserError(f"task={task} needs context.video=PATH, the video whose frames are given.")
     if task == "extend" and not cfg.frames:
-        raise ValueError("task=extend needs frames=N, the length of the videos to sample.")
+        raise UserError("task=extend needs frames=N, the length of the videos to sample.")
     return task
 
 
@@ -76,7 +77,7 @@ def sample_task(
         window = cfg.extend.window or run_cfg.data.clip_len
         clip = loaded.read_clip(cfg.context.video, given) if cfg.context.video else None
         if clip is not None and clip.shape[1] < given:
-            raise ValueError(
+            raise UserError(
                 f"context.video={cfg.context.video} has {clip.shape[1]} frames at the model's "
                 f"frame stride, fewer than context.frames={given}."
             )

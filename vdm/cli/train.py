@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vdm.cli.checks import check_train_config
 from vdm.cli.errors import exit_code, user_errors_in_one_line
+from vdm.errors import UserError
 from vdm.files.checkpoint import load_checkpoint, model_config_mismatch
 from vdm.training.guards import NonFiniteTrainingError
 from vdm.training.task import RunStopped, fit
@@ -34,7 +35,7 @@ def check_resume(cfg: DictConfig) -> None:
     stored = load_checkpoint(cfg.ckpt_path)["hyper_parameters"]["model"]
     differs = model_config_mismatch(stored, OmegaConf.to_container(cfg.model, resolve=True))
     if differs:
-        raise ValueError(
+        raise UserError(
             f"ckpt_path={cfg.ckpt_path} holds another model (model.{', model.'.join(differs)} "
             f"differ; it has {stored['_target_']}): resume with the model config that wrote it."
         )
@@ -71,7 +72,7 @@ def optimized_value(cfg: DictConfig, trainer: Trainer) -> float | None:
             "of those, e.g. optimized_metric=val/loss."
         )
         if sweep_trial(cfg):
-            raise ValueError(message)
+            raise UserError(message)
         log.warning(message)
         return None
     value = float(trainer.callback_metrics[name])

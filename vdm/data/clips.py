@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from vdm.errors import UserError
+
 MODES = ("random", "center")
 SHORT_VIDEO_POLICIES = ("skip", "loop", "repeat_last")
 
 
-class ShortVideoError(ValueError):
+class ShortVideoError(UserError):
     """The video has fewer frames than one clip spans and the policy is ``skip``."""
 
 
@@ -61,13 +63,13 @@ def clip_indices(
         [0, 1, 2, 2]
     """
     if num_frames < 1 or clip_len < 1 or stride < 1:
-        raise ValueError(
+        raise UserError(
             f"Need num_frames, clip_len, stride >= 1; got {num_frames}, {clip_len}, {stride}."
         )
     if mode not in MODES:
-        raise ValueError(f"Unknown clip mode {mode!r}: use one of {', '.join(MODES)}.")
+        raise UserError(f"Unknown clip mode {mode!r}: use one of {', '.join(MODES)}.")
     if short_video not in SHORT_VIDEO_POLICIES:
-        raise ValueError(
+        raise UserError(
             f"Unknown short_video policy {short_video!r}: use one of "
             f"{', '.join(SHORT_VIDEO_POLICIES)} (config key data.short_video)."
         )

@@ -17,6 +17,7 @@ from vdm.data.dataset import VideoClipDataset
 from vdm.data.index import VideoIndex
 from vdm.data.sampler import EpochSampler
 from vdm.data.shapes import CLASSES, ShapesSpec, generate
+from vdm.errors import MissingFileError, UnknownKeyError, UserError
 
 log = logging.getLogger(__name__)
 # torchdata 0.11 calls a deprecated torch API on every iterator; the message is noise to users.
@@ -104,12 +105,12 @@ class VideoDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         if channels != 3:
-            raise ValueError(f"Videos decode to RGB: data.channels must be 3, got {channels}.")
+            raise UserError(f"Videos decode to RGB: data.channels must be 3, got {channels}.")
         defaults = dataset_defaults()
         unknown = sorted(set(dataset_options) - set(defaults))
         if unknown:
             allowed = [*_init_arguments(type(self)), *defaults]
-            raise TypeError(
+            raise UnknownKeyError(
                 f"data.{unknown[0]} is not a data option: use one of "
                 f"{', '.join(f'data.{key}' for key in allowed)}."
             )
@@ -121,7 +122,7 @@ class VideoDataModule(LightningDataModule):
         split_files = {k: v for k, v in (split_files or {}).items() if v is not None}
         self.split_files = split_files or None  # all None: no split files
         if self.split_files is not None and set(self.split_files) != {"train", "val"}:
-            raise ValueError(
+            raise UserError(
                 f"data.split_files sets {', '.join(sorted(self.split_files))}: set both train "
                 "and val, e.g. data.split_files.train=/data/ucfTrainTestlist/trainlist01.txt "
                 "data.split_files.val=/data/ucfTrainTestlist/testlist01.txt."
@@ -153,7 +154,7 @@ class VideoDataModule(LightningDataModule):
 
     def _check_root(self) -> Path:
         if self.root is None or not self.root.is_dir():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Video folder {self.root} does not exist: set data.root to a folder of videos."
             )
         return self.root
@@ -180,7 +181,7 @@ class VideoDataModule(LightningDataModule):
             self.train_set, self.val_set = self._dataset("train"), self._dataset("val")
             found = self.train_set.num_classes
             if self.num_classes and self.num_classes != found:
-                raise ValueError(
+                raise UserError(
                     f"data.num_classes={self.num_classes} but {self.root} has {found} class "
                     f"folders: set data.num_classes={found} (or 0 to train unconditionally)."
                 )

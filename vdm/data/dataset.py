@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from vdm.data.clips import clip_indices, clip_span
 from vdm.data.index import VideoIndex, default_cache_dir, hash_split
 from vdm.data.reader import VideoReader, VideoReadError, probe
+from vdm.errors import DataError, MissingFileError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def read_split_file(path: str | Path) -> set[str]:
     line, optionally followed by a class index; blank lines are skipped)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Split file {path} does not exist: set data.split_files.train / .val to lists "
             "such as UCF-101's trainlist01.txt and testlist01.txt."
         )
@@ -73,13 +74,13 @@ def read_split_file(path: str | Path) -> set[str]:
         if not fields:
             continue
         if len(fields) > 2 or (len(fields) == 2 and not fields[1].isdigit()):
-            raise ValueError(
+            raise UserError(
                 f"{path}:{number}: expected 'relative/path.avi' or 'relative/path.avi 3', got "
                 f"{line.strip()!r}."
             )
         listed.add(fields[0].replace("\\", "/").lstrip("/"))
     if not listed:
-        raise ValueError(f"Split file {path} lists no files.")
+        raise UserError(f"Split file {path} lists no files.")
     return listed
 
 
@@ -141,11 +142,11 @@ class VideoClipDataset(Dataset):
     ) -> None:
         root = Path(root).expanduser()
         if not root.is_dir():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Video folder {root} does not exist: set data.root to a folder of videos."
             )
         if split not in (None, *SPLITS):
-            raise ValueError(f"split must be 'train', 'val' or None, got {split!r}.")
+            raise UserError(f"split must be 'train', 'val' or None, got {split!r}.")
         self.root, self.split = root, split
         self.clip_len, self.frame_stride, self.size = clip_len, frame_stride, size
         self.augment = split == "train" if augment is None else augment
@@ -198,7 +199,7 @@ class VideoClipDataset(Dataset):
             listing = "\n".join(f"  {rel}: {why}" for rel, why in sorted(problems.items()))
             rank_zero_warn(f"Left out {len(problems)} video(s) under {root}:\n{listing}")
         if not self.records:
-            raise ValueError(
+            raise UserError(
                 f"No usable videos under {root} for split={split!r} (clip_len={clip_len}, "
                 f"frame_stride={frame_stride}); see the warning above for each file."
             )
@@ -264,7 +265,7 @@ class VideoClipDataset(Dataset):
                     log.warning("Skipping unreadable video: %s", error)
                 index = int(rng.integers(len(self.records)))
         else:
-            raise RuntimeError(
+            raise DataError(
                 f"{self.max_retries + 1} samples in a row failed to decode under {self.root} "
                 f"(last: {last_error}); check the files, then delete the index cache in "
                 f"{default_cache_dir()} to rebuild it."

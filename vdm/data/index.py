@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from vdm.data.reader import VideoReadError, probe
+from vdm.errors import MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class VideoIndex:
         self.root = root
         files = find_videos(root)
         if not files:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"No video files ({', '.join(VIDEO_EXTENSIONS)}) under {root}: point data.root "
                 "at a folder of videos."
             )

@@ -18,10 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vdm.errors import DataError
+
 DECODE_ERRORS = (RuntimeError, decord.DECORDError, IndexError)
 
 
-class VideoReadError(Exception):
+class VideoReadError(DataError):
     """A video that cannot be opened or decoded; ``path`` and ``reason`` say which and why."""
 
     def __init__(self, path: str | Path, reason: str) -> None:

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from vdm.errors import UserError
+
 
 class EpochSampler(Sampler[tuple[int, int]]):
     """Yields ``(index, epoch)`` keys: this rank's share of a per-epoch permutation.
@@ -37,7 +39,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         drop_last: bool = False,
     ) -> None:
         if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} is not in [0, {num_replicas}).")
+            raise UserError(f"rank {rank} is not in [0, {num_replicas}).")
         self.num_samples, self.shuffle, self.seed = num_samples, shuffle, seed
         self.num_replicas, self.rank, self.drop_last = num_replicas, rank, drop_last
         self.epoch = 0

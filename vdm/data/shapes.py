@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vdm.errors import UserError
 from vdm.files.video import write_mp4
 
 logger = logging.getLogger(__name__)
@@ -80,12 +81,12 @@ class ShapesSpec:
     def __post_init__(self) -> None:
         # Below 8 px the smallest object is under one pixel; the codec needs a frame.
         if self.size < 8 or self.num_frames < 1 or self.fps <= 0:
-            raise ValueError(
+            raise UserError(
                 f"ShapesSpec needs size >= 8, num_frames >= 1 and fps > 0, got size={self.size}, "
                 f"num_frames={self.num_frames}, fps={self.fps}: fix the data config."
             )
         if self.num_train < 0 or self.num_val < 0 or self.seed < 0:
-            raise ValueError(
+            raise UserError(
                 f"ShapesSpec needs num_train, num_val and seed >= 0, got {self.num_train}, "
                 f"{self.num_val}, {self.seed}: fix the data config."
             )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from vdm.errors import UserError
+
 TASKS = ("generate", "predict", "interpolate", "extend")
 
 
@@ -51,7 +53,7 @@ class ContextMasks:
     ) -> None:
         shares = torch.tensor([none, prefix, interpolate, random], dtype=torch.float64)
         if (shares < 0).any() or shares.sum() <= 0:
-            raise ValueError(
+            raise UserError(
                 f"context.masks shares must be >= 0 with a positive sum, got none={none}, "
                 f"prefix={prefix}, interpolate={interpolate}, random={random}."
             )
@@ -114,13 +116,13 @@ def task_mask(task: str, frames: int, given: int, device: torch.device | str = "
         ValueError: an unknown task, or ``given`` frames that leave none to generate.
     """
     if task not in TASKS:
-        raise ValueError(f"Unknown task={task}: use one of {', '.join(TASKS)}.")
+        raise UserError(f"Unknown task={task}: use one of {', '.join(TASKS)}.")
     position = torch.arange(frames, device=device)
     if task == "generate":
         return torch.zeros(frames, dtype=torch.bool, device=device)
     total = 2 * given if task == "interpolate" else given
     if given < 1 or total >= frames:
-        raise ValueError(
+        raise UserError(
             f"context.frames={given} gives {total} of the {frames} frames of a window for "
             f"task={task}: leave at least one to generate (context.frames < "
             f"{(frames + 1) // 2 if task == 'interpolate' else frames}), or raise frames."

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import torch
 
+from vdm.errors import UserError
+
 # sample_window(video (B, C, W, H, W), mask (B, W) bool, index) -> (B, C, W, H, W): the window
 # with its given frames (mask True) unchanged and the others sampled.
 WindowSampler = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -42,17 +44,17 @@ def extend_video(
     """
     b, c, h, w = shape
     if not 1 <= overlap < window:
-        raise ValueError(
+        raise UserError(
             f"Each window must be given 1 to window - 1 frames: got overlap={overlap} for "
             f"window={window} frames (set extend.overlap / context.frames below the window)."
         )
     if first is not None and not 0 < first.shape[2] < window:
-        raise ValueError(
+        raise UserError(
             f"{first.shape[2]} given opening frames do not leave a frame to generate in a "
             f"{window}-frame window: lower context.frames."
         )
     if total_frames < 1:
-        raise ValueError(f"frames={total_frames}: ask for at least one frame.")
+        raise UserError(f"frames={total_frames}: ask for at least one frame.")
 
     def run(given: torch.Tensor | None, index: int) -> torch.Tensor:
         video = torch.zeros(b, c, window, h, w, device=None if given is None else given.device)

@@ -19,6 +19,7 @@ import torch
 
 from vdm.diffusion.objective import TrainingObjective
 from vdm.diffusion.process import broadcast_like
+from vdm.errors import UserError
 
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal", "mode")
 
@@ -74,12 +75,12 @@ class FlowMatching(TrainingObjective):
         shift: float = 1.0,
     ) -> None:
         if timestep_sampling not in TIMESTEP_SAMPLINGS:
-            raise ValueError(
+            raise UserError(
                 f"diffusion.timestep_sampling={timestep_sampling!r}: use one of "
                 f"{', '.join(TIMESTEP_SAMPLINGS)}."
             )
         if shift <= 0 or logit_std <= 0:
-            raise ValueError(
+            raise UserError(
                 f"diffusion.shift={shift}, diffusion.logit_std={logit_std}: both must be > 0."
             )
         self.timestep_sampling = timestep_sampling

@@ -15,6 +15,7 @@ import torch
 
 from vdm.diffusion.flow import FlowMatching, shift_time
 from vdm.diffusion.sampling_loop import ProcessModel, SamplingLoop
+from vdm.errors import UserError
 
 # velocity(x, t) -> v: the model at the sample x and one float time t in [0, 1].
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
@@ -29,7 +30,7 @@ def flow_sigmas(steps: int, shift: float, num_train_steps: int = 1000) -> torch.
     one to one (its last non-zero time is shifted twice, as there).
     """
     if steps < 1:
-        raise ValueError(f"sampler.steps={steps}: must be >= 1.")
+        raise UserError(f"sampler.steps={steps}: must be >= 1.")
     sigma_min = shift_time(torch.tensor(1.0 / num_train_steps, dtype=torch.float64), shift)
     grid = torch.linspace(1.0, float(sigma_min), steps, dtype=torch.float64)
     return torch.cat([shift_time(grid, shift), torch.zeros(1, dtype=torch.float64)])
@@ -54,7 +55,7 @@ class FlowSampler(SamplingLoop):
 
     def __init__(self, steps: int = 20, shift: float | None = None) -> None:
         if steps < 1:
-            raise ValueError(f"sampler.steps={steps}: must be >= 1.")
+            raise UserError(f"sampler.steps={steps}: must be >= 1.")
         self.steps, self.shift = steps, shift
 
     def sigmas(self, process: FlowMatching) -> torch.Tensor:

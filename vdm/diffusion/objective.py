@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from vdm.errors import UserError
+
 
 class TrainingObjective:
     """The denoising loss of a noising process; a subclass supplies the process.
@@ -139,7 +141,7 @@ def per_sample_mse(
     """The MSE of each sample ``(B,)``, in float32 whatever precision the model ran in, over
     the frames where ``loss_mask (B, T)`` is 1 (all frames when None)."""
     if out.shape != target.shape:
-        raise ValueError(
+        raise UserError(
             f"Denoiser output shape {tuple(out.shape)} differs from its input "
             f"{tuple(target.shape)}: check model.out_channels equals data channels."
         )
@@ -155,7 +157,7 @@ def masked_mean_per_sample(sq_err: torch.Tensor, loss_mask: torch.Tensor) -> tor
     A sample whose mask is all zero contributes 0 (not NaN).
     """
     if sq_err.dim() != 5 or loss_mask.shape != (sq_err.shape[0], sq_err.shape[2]):
-        raise ValueError(
+        raise UserError(
             f"loss_mask must be (B, T) = {(sq_err.shape[0], sq_err.shape[2])} for video "
             f"(B, C, T, H, W); got {tuple(loss_mask.shape)}."
         )

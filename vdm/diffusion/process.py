@@ -22,6 +22,7 @@ import torch
 
 from vdm.diffusion.objective import TrainingObjective
 from vdm.diffusion.schedule import NoiseSchedule
+from vdm.errors import UserError
 
 PREDICTIONS = ("eps", "x0", "v")
 LOSS_WEIGHTINGS = ("uniform", "min_snr", "min_snr_plus_one")
@@ -77,41 +78,41 @@ class GaussianDiffusion(TrainingObjective):
         context_loss_weighting: str | None = None,
     ) -> None:
         if prediction not in PREDICTIONS:
-            raise ValueError(
+            raise UserError(
                 f"Unknown prediction {prediction!r}: use one of {', '.join(PREDICTIONS)} "
                 "(config key diffusion.prediction)."
             )
         if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(
+            raise UserError(
                 f"Unknown loss weighting {loss_weighting!r}: use one of "
                 f"{', '.join(LOSS_WEIGHTINGS)} (config key diffusion.loss_weighting)."
             )
         if prediction == "eps" and schedule.alphas_cumprod[-1] == 0:
-            raise ValueError(
+            raise UserError(
                 "eps prediction cannot recover x0 at SNR 0: with schedule.zero_terminal_snr=true "
                 "set diffusion.prediction=v (or x0)."
             )
         if loss_weighting == "min_snr_plus_one" and prediction == "eps":
-            raise ValueError(
+            raise UserError(
                 "loss_weighting=min_snr_plus_one weighs the x0 error by at least 1 at every noise "
                 "level, an unbounded eps weight as SNR -> 0: set diffusion.prediction=v (or x0), "
                 "or diffusion.loss_weighting=min_snr."
             )
         context_loss_weighting = context_loss_weighting or loss_weighting
         if context_loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(
+            raise UserError(
                 f"Unknown loss weighting {context_loss_weighting!r} for clips with given frames: "
                 f"use one of {', '.join(LOSS_WEIGHTINGS)} (config key context.loss_weighting)."
             )
         if context_loss_weighting == "min_snr_plus_one" and prediction == "eps":
-            raise ValueError(
+            raise UserError(
                 "context.loss_weighting=min_snr_plus_one needs diffusion.prediction=v (or x0): as "
                 "an eps weight it is unbounded as SNR -> 0; or set context.loss_weighting=min_snr."
             )
         if min_snr_gamma <= 0:
-            raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}.")
+            raise UserError(f"min_snr_gamma must be > 0, got {min_snr_gamma}.")
         if not 0 <= frame_noise_correlation < 1:
-            raise ValueError(
+            raise UserError(
                 f"frame_noise_correlation must be in [0, 1), got {frame_noise_correlation} "
                 "(config key diffusion.frame_noise_correlation)."
             )
@@ -169,7 +170,7 @@ class GaussianDiffusion(TrainingObjective):
         if rho == 0:
             return eps
         if len(shape) != 5:
-            raise ValueError(
+            raise UserError(
                 f"frame_noise_correlation={rho} needs video-shaped noise (B, C, T, H, W); got "
                 f"shape {tuple(shape)}."
             )

@@ -20,6 +20,7 @@ import torch
 from vdm.diffusion.process import GaussianDiffusion
 from vdm.diffusion.sampling_loop import ModelFn, ProcessModel, SamplingLoop
 from vdm.diffusion.sampling_loop import given_frames as given_frames  # re-exported
+from vdm.errors import UserError
 
 SPACINGS = ("leading", "trailing", "linspace")
 
@@ -41,7 +42,7 @@ def timestep_schedule(num_steps: int, steps: int, spacing: str = "trailing") -> 
         ``steps`` distinct indices in ``[0, T)``, in descending order.
     """
     if not 1 <= steps <= num_steps:
-        raise ValueError(
+        raise UserError(
             f"Sampling steps must be in [1, {num_steps}] (the schedule's num_steps), got {steps} "
             "(config key sampler.steps)."
         )
@@ -54,7 +55,7 @@ def timestep_schedule(num_steps: int, steps: int, spacing: str = "trailing") -> 
         # whose length can be off by one through rounding.
         ts = np.round(num_steps - np.arange(steps) * num_steps / steps) - 1
     else:
-        raise ValueError(
+        raise UserError(
             f"Unknown timestep spacing {spacing!r}: use one of {', '.join(SPACINGS)} "
             "(config key sampler.spacing)."
         )
@@ -273,7 +274,7 @@ class DPMSolverSampler(Sampler):
     ) -> None:
         super().__init__(clip_denoised)
         if order not in (1, 2):
-            raise ValueError(f"DPM-Solver++ order must be 1 or 2, got {order} (sampler.order).")
+            raise UserError(f"DPM-Solver++ order must be 1 or 2, got {order} (sampler.order).")
         self.steps, self.order, self.spacing = steps, order, spacing
 
     def step(self, diffusion, x, t, out, ab_t, ab_prev, generator, state):

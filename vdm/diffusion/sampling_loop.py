@@ -15,6 +15,7 @@ import torch
 from rich.progress import Progress
 
 from vdm.diffusion.objective import TrainingObjective
+from vdm.errors import UserError
 
 # model_fn(x_t, t) -> output, or model_fn(x_t, t_frames, context=mask) with given frames.
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -32,7 +33,7 @@ def given_frames(
     video = video.to(device=x.device, dtype=torch.float32)
     mask = mask.to(x.device).bool()
     if video.shape != x.shape or mask.shape != (x.shape[0], x.shape[2]):
-        raise ValueError(
+        raise UserError(
             f"context=(video, mask) must be {tuple(x.shape)} and "
             f"{(x.shape[0], x.shape[2])}; got {tuple(video.shape)}, {tuple(mask.shape)}."
         )
@@ -117,7 +118,7 @@ class SamplingLoop:
             float32 tensor of ``shape``: the sample.
         """
         if getattr(process, "kind", "ddpm") != self.process_kind:
-            raise ValueError(f"sampler={type(self).__name__} {self.wrong_process}")
+            raise UserError(f"sampler={type(self).__name__} {self.wrong_process}")
         if device is None:
             device = (
                 x_T.device

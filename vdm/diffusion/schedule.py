@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from vdm.errors import UserError
+
 SCHEDULE_KINDS = ("linear", "scaled_linear", "cosine", "sigmoid")
 
 # Nichol & Dhariwal (2021): the offset keeps β_0 from being vanishingly small, and β is clipped
@@ -51,7 +53,7 @@ def make_betas(
     if kind == "sigmoid":
         ramp = torch.sigmoid(torch.linspace(-6, 6, num_steps, dtype=torch.float64))
         return ramp * (beta_end - beta_start) + beta_start
-    raise ValueError(
+    raise UserError(
         f"Unknown noise schedule kind {kind!r}: use one of {', '.join(SCHEDULE_KINDS)} "
         "(config key schedule.kind)."
     )
@@ -115,14 +117,14 @@ class NoiseSchedule:
         snr_shift: float = 1.0,
     ) -> None:
         if num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {num_steps} (schedule.num_steps).")
+            raise UserError(f"num_steps must be >= 1, got {num_steps} (schedule.num_steps).")
         if not 0 < beta_start <= beta_end < 1:
-            raise ValueError(
+            raise UserError(
                 f"Need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end} "
                 "(schedule.beta_start / schedule.beta_end)."
             )
         if snr_shift <= 0:
-            raise ValueError(f"snr_shift must be > 0, got {snr_shift} (schedule.snr_shift).")
+            raise UserError(f"snr_shift must be > 0, got {snr_shift} (schedule.snr_shift).")
         self.kind = kind
         self.num_steps = num_steps
         self.zero_terminal_snr = zero_terminal_snr

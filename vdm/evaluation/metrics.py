@@ -22,6 +22,8 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
+from vdm.errors import MissingFileError, UserError
+
 I3D_FILE = "i3d_torchscript.pt"
 I3D_FEATURES = 400
 I3D_SOURCE = "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt (StyleGAN-V's FVD code)"
@@ -49,7 +51,7 @@ class TorchScriptI3D(nn.Module):
         super().__init__()
         path = Path(path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"fvd.extractor={path} does not exist: FVD needs the TorchScript I3D file "
                 f"{I3D_FILE} (download it yourself, e.g. from {I3D_SOURCE}) and its path."
             )
@@ -59,7 +61,7 @@ class TorchScriptI3D(nn.Module):
                 self.net = torch.jit.load(str(path), map_location="cpu").eval()
         except RuntimeError as error:
             reason = str(error).strip().splitlines()[0]
-            raise ValueError(
+            raise UserError(
                 f"fvd.extractor={path} is not a TorchScript file ({reason[:120]}): pass {I3D_FILE}."
             ) from None
 
@@ -106,7 +108,7 @@ class FrechetVideoDistance(Metric):
         """Add ``videos`` ``(N, C, T, H, W)`` in [-1, 1] to the real or the generated set."""
         features = self.extractor(videos).double()
         if features.ndim != 2 or features.shape[1] != self.feature_dim:
-            raise ValueError(
+            raise UserError(
                 f"The FVD extractor gave features of shape {tuple(features.shape)}; expected "
                 f"(N, {self.feature_dim}): set feature_dim to its feature size."
             )
@@ -118,7 +120,7 @@ class FrechetVideoDistance(Metric):
     def _gaussian(self, side: str) -> tuple[Tensor, Tensor]:
         n = int(getattr(self, f"{side}_count"))
         if n < 2:
-            raise ValueError(f"FVD needs at least 2 {side} clips; it has {n}.")
+            raise UserError(f"FVD needs at least 2 {side} clips; it has {n}.")
         mean = getattr(self, f"{side}_sum") / n
         cov = (getattr(self, f"{side}_outer") - n * mean.outer(mean)) / (n - 1)
         return mean, cov
@@ -132,7 +134,7 @@ def clip_psnr_ssim(prediction: Tensor, target: Tensor) -> dict[str, Tensor]:
     the clip's frames of the per-frame value (torchmetrics, data range 1 after mapping to
     [0, 1]). Returns ``{"psnr": (B,), "ssim": (B,)}``."""
     if prediction.shape != target.shape:
-        raise ValueError(
+        raise UserError(
             f"PSNR/SSIM compare clips of one shape; got {tuple(prediction.shape)} and "
             f"{tuple(target.shape)}."
         )

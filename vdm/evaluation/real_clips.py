@@ -11,6 +11,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, Subset
 
+from vdm.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -29,7 +31,7 @@ def real_data_config(
     """
     given = data is not None and data.get("clip_len") is not None
     if given and frames is not None and frames != data.clip_len:
-        raise ValueError(
+        raise UserError(
             f"frames={frames} and data.clip_len={data.clip_len} disagree: real and generated "
             "clips must have the same length; set one of them."
         )
@@ -50,7 +52,7 @@ def real_batches(
     datamodule.setup("validate")
     dataset = {"val": datamodule.val_set, "train": datamodule.train_set}.get(split)
     if dataset is None:
-        raise ValueError(f"split={split}: use val or train.")
+        raise UserError(f"split={split}: use val or train.")
     if len(dataset) < count:
         log.warning("split=%s has %d clips, fewer than %d: using all", split, len(dataset), count)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))

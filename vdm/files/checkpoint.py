@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
+from vdm.errors import MissingFileError, UserError
+
 log = logging.getLogger(__name__)
 
 # The sidecar's suffix. Not ".sha256": Lightning numbers hpc_ckpt_<n>.ckpt from every digit
@@ -88,7 +90,7 @@ def verify_checksum(path: Path, key: str) -> None:
         return
     expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
     if sha256_of(path) != expected:
-        raise ValueError(
+        raise UserError(
             f"{key}={path} is corrupt: its SHA-256 differs from the one recorded in "
             f"{sidecar.name} when it was written; use an earlier checkpoint."
         )
@@ -115,7 +117,7 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{key}={path} does not exist: pass a checkpoint such as "
             "<run dir>/checkpoints/last.ckpt."
         )
@@ -124,15 +126,15 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{key}={path} is not a vdm checkpoint: {reason[:200]}") from None
+        raise UserError(f"{key}={path} is not a vdm checkpoint: {reason[:200]}") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint.get("hyper_parameters", {}):
-        raise ValueError(
+        raise UserError(
             f"{key}={path} is not a vdm checkpoint (it stores no run config): use a "
             "checkpoint written by `python train.py`."
         )
     bad = nonfinite_weights(checkpoint)
     if bad:
-        raise ValueError(
+        raise UserError(
             f"{key}={path} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): use an "
             "earlier checkpoint."
         )

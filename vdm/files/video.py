@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 import av
 import numpy as np
 
+from vdm.errors import UserError
+
 if TYPE_CHECKING:
     # Only for annotations: to_uint8 uses tensor methods, so worker processes that merely write
     # files (the shapes renderer) do not pay for importing torch.
@@ -44,7 +46,7 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
         uint8 ``(B, T, H, W, C)``, or ``(T, H, W, C)`` for a single video.
     """
     if video.dim() not in (4, 5):
-        raise ValueError(
+        raise UserError(
             f"to_uint8 expects a (B, C, T, H, W) or (C, T, H, W) tensor, got shape "
             f"{tuple(video.shape)}: add or remove the batch dimension."
         )
@@ -151,14 +153,14 @@ def make_grid(videos: np.ndarray, nrow: int | None = None, padding: int = 1) -> 
         ``rows = ceil(N / nrow)``.
     """
     if videos.ndim != 5 or videos.shape[0] < 1:
-        raise ValueError(
+        raise UserError(
             f"make_grid expects clips (N, T, H, W, C) with N >= 1, got shape {videos.shape}: "
             "stack the clips along a new first axis."
         )
     num, frames, height, width, channels = videos.shape
     cols = math.ceil(math.sqrt(num)) if nrow is None else nrow
     if cols < 1 or padding < 0:
-        raise ValueError(f"make_grid needs nrow >= 1 and padding >= 0, got {nrow}, {padding}.")
+        raise UserError(f"make_grid needs nrow >= 1 and padding >= 0, got {nrow}, {padding}.")
     rows = math.ceil(num / cols)
     grid = np.zeros(
         (frames, rows * (height + padding) - padding, cols * (width + padding) - padding, channels),
@@ -208,7 +210,7 @@ def write_npz(path: str | os.PathLike[str], videos: np.ndarray, **extra: np.ndar
         The path written.
     """
     if videos.dtype != np.uint8 or videos.ndim != 5 or videos.shape[-1] != 3:
-        raise ValueError(
+        raise UserError(
             f"write_npz expects uint8 clips (N, T, H, W, 3), got {videos.dtype} {videos.shape}: "
             "convert model output with vdm.files.video.to_uint8."
         )
@@ -243,7 +245,7 @@ def _check_frames(frames: np.ndarray, caller: str) -> None:
         or min(frames.shape[:3]) < 1
     ):
         described = f"{frames.dtype} {frames.shape}" if hasattr(frames, "shape") else type(frames)
-        raise ValueError(
+        raise UserError(
             f"{caller} expects uint8 RGB frames (T, H, W, 3), got {described}: convert float "
             "video with vdm.files.video.to_uint8 and pass one clip at a time."
         )
@@ -252,7 +254,7 @@ def _check_frames(frames: np.ndarray, caller: str) -> None:
 def _frame_rate(fps: float) -> Fraction:
     """``fps`` as an exact fraction, e.g. 29.97 -> 2997/100; raise unless it is positive."""
     if not (isinstance(fps, numbers.Real) and math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be a positive number, got {fps!r}.")
+        raise UserError(f"fps must be a positive number, got {fps!r}.")
     return Fraction(fps).limit_denominator(MAX_FPS_DENOMINATOR)
 
 

@@ -13,6 +13,7 @@ import torch
 from vdm.diffusion.context import task_mask
 from vdm.diffusion.extend import extend_video
 from vdm.diffusion.sampling_loop import SamplingLoop
+from vdm.errors import UserError
 from vdm.inference.model import Generative
 
 AUTOCAST_DTYPES = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -29,7 +30,7 @@ def class_labels(labels: list[int] | None, num_samples: int, num_classes: int) -
     unconditional model)."""
     if num_classes == 0:
         if labels:
-            raise ValueError(
+            raise UserError(
                 f"labels={list(labels)} needs a class-conditional model; this one is "
                 "unconditional (num_classes=0): leave labels=null."
             )
@@ -38,7 +39,7 @@ def class_labels(labels: list[int] | None, num_samples: int, num_classes: int) -
         return [i * num_classes // num_samples for i in range(num_samples)]
     labels = [int(c) for c in labels]
     if any(not 0 <= c < num_classes for c in labels):
-        raise ValueError(f"labels={labels}: this model knows classes 0..{num_classes - 1}.")
+        raise UserError(f"labels={labels}: this model knows classes 0..{num_classes - 1}.")
     return [labels[i % len(labels)] for i in range(num_samples)]
 
 
@@ -74,9 +75,9 @@ def sample_videos(
             returned unchanged.
     """
     if precision not in AUTOCAST_DTYPES:
-        raise ValueError(f"precision={precision}: use one of {', '.join(AUTOCAST_DTYPES)}.")
+        raise UserError(f"precision={precision}: use one of {', '.join(AUTOCAST_DTYPES)}.")
     if batch_size < 1 or num_samples < 1:
-        raise ValueError(f"num_samples={num_samples}, batch_size={batch_size}: both must be ≥ 1.")
+        raise UserError(f"num_samples={num_samples}, batch_size={batch_size}: both must be ≥ 1.")
     device = model.device
     dtype = AUTOCAST_DTYPES[precision]
     key = (window_index,) if window_index else ()
@@ -130,7 +131,7 @@ def window_context(
     mask = task_mask(task, window, given)
     needed = window if task == "interpolate" else given
     if clip.shape[1] < needed:
-        raise ValueError(
+        raise UserError(
             f"The context video has {clip.shape[1]} frames (at the model's frame stride), fewer "
             f"than the {needed} task={task} needs with context.frames={given} and a {window}-"
             "frame window: use a longer video, or lower context.frames / frames."

@@ -14,6 +14,7 @@ from vdm.diffusion.flow import FlowMatching
 from vdm.diffusion.process import GaussianDiffusion
 from vdm.diffusion.samplers import guided
 from vdm.diffusion.sampling_loop import SamplingLoop
+from vdm.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +83,12 @@ def generate(
     """
     num_classes = num_classes_of(denoiser)
     if context is not None and context[1].any() and not takes_given_frames(denoiser):
-        raise ValueError(
+        raise UserError(
             "This checkpoint was trained without frame masks (context=none), so it cannot "
             "be given frames: train with context=mixed, or sample with task=generate."
         )
     if guidance_scale != 1 and num_classes == 0:
-        raise ValueError(
+        raise UserError(
             f"guidance_scale={guidance_scale} needs a class-conditional model; this one is "
             "unconditional (num_classes=0): use guidance_scale=1."
         )

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vdm.data.dataset import read_video_start
 from vdm.diffusion.sampling_loop import SamplingLoop
+from vdm.errors import UserError
 from vdm.files.checkpoint import load_checkpoint
 from vdm.inference.build import build_diffusion, build_model, build_sampler
 from vdm.inference.generation import sample_videos, sampler_name
@@ -155,7 +156,7 @@ def load_run(ckpt_path: str | Path, device: torch.device | str = "cpu") -> Loade
         model.load_state_dict(state)
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[0]
-        raise ValueError(
+        raise UserError(
             f"ckpt_path={ckpt_path}: its weights do not fit its own model config ({reason}); "
             "was it written by another version of vdm?"
         ) from None

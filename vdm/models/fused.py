@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
+from vdm.errors import UserError
+
 
 class _NormModulate(Function):
     @staticmethod
@@ -137,7 +139,7 @@ def gated_linear(
         or gate.shape[-1] != weight.shape[0]
         or gate[0].numel() != (weight.shape[0])
     ):
-        raise ValueError(
+        raise UserError(
             f"gated_linear needs a gate of shape (B, 1, ..., D) = ({x.shape[0]}, ..., "
             f"{weight.shape[0]}), got {tuple(gate.shape)}."
         )

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vdm.errors import UserError
 from vdm.models.fused import gated_linear
 
 
@@ -59,7 +60,7 @@ class LabelEmbedder(nn.Module):
         if labels is None:
             labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
         elif labels.min() < 0 or labels.max() > self.num_classes:
-            raise ValueError(
+            raise UserError(
                 f"Labels must be in [0, {self.num_classes}] ({self.num_classes} = null label); "
                 f"got values in [{labels.min().item()}, {labels.max().item()}]: check "
                 "model.num_classes against the data's number of classes."
@@ -81,7 +82,7 @@ class ConditionEmbedder(nn.Module):
         if self.label is not None:
             emb = emb + self.label(labels, t.shape[0], t.device)
         elif labels is not None:
-            raise ValueError(
+            raise UserError(
                 "Labels were passed to an unconditional denoiser (model.num_classes=0): set "
                 "model.num_classes to the data's number of classes, or pass labels=None."
             )
@@ -98,7 +99,7 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, base: float = 10_000.0) -> None:
         super().__init__()
         if head_dim % 2:
-            raise ValueError(f"Rotary embedding needs an even head dim, got {head_dim}.")
+            raise UserError(f"Rotary embedding needs an even head dim, got {head_dim}.")
         inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
@@ -151,7 +152,7 @@ class Attention(nn.Module):
     ) -> None:
         super().__init__()
         if dim % heads:
-            raise ValueError(f"Attention dim {dim} is not divisible by heads {heads}.")
+            raise UserError(f"Attention dim {dim} is not divisible by heads {heads}.")
         self.heads, self.head_dim = heads, dim // heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
@@ -265,12 +266,12 @@ def frame_conditioning_inputs(
     """
     b, _, frames, h, w = x.shape
     if t.dim() == 2 and t.shape != (b, frames):
-        raise ValueError(f"Per-frame steps t must be (B, T) = {(b, frames)}, got {tuple(t.shape)}.")
+        raise UserError(f"Per-frame steps t must be (B, T) = {(b, frames)}, got {tuple(t.shape)}.")
     if context is not None and context.shape != (b, frames):
-        raise ValueError(f"context must be (B, T) = {(b, frames)}, got {tuple(context.shape)}.")
+        raise UserError(f"context must be (B, T) = {(b, frames)}, got {tuple(context.shape)}.")
     if not enabled:
         if context is not None and bool(context.any()):
-            raise ValueError(
+            raise UserError(
                 "This denoiser was built without frame conditioning (model.frame_conditioning="
                 "false, trained with context=none), so it cannot take given frames: train one "
                 "with context=mixed."

@@ -20,6 +20,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vdm.errors import UserError
 from vdm.models.fused import norm_modulate
 from vdm.models.layers import (
     Attention,
@@ -35,7 +36,7 @@ def sincos_2d(grid_h: int, grid_w: int, dim: int, device: torch.device) -> torch
     """Fixed 2D sine-cosine positions ``(grid_h·grid_w, dim)``: half the channels encode the
     row, half the column (MAE / DiT), so any grid size works."""
     if dim % 4:
-        raise ValueError(f"2D sin-cos positions need hidden_size divisible by 4, got {dim}.")
+        raise UserError(f"2D sin-cos positions need hidden_size divisible by 4, got {dim}.")
     quarter = dim // 4
     omega = 1.0 / 10_000 ** (torch.arange(quarter, dtype=torch.float32, device=device) / quarter)
 
@@ -194,7 +195,7 @@ class SpaceTimeTransformer(nn.Module):
         frames, h, w = x.shape[-3:]
         p, pt = self.patch_size, self.temporal_patch_size
         if h % p or w % p or frames % pt:
-            raise ValueError(
+            raise UserError(
                 f"SpaceTimeTransformer needs H, W divisible by patch_size={p} and T by "
                 f"temporal_patch_size={pt}; got T={frames}, {h}x{w}: change data.size / "
                 "data.clip_len or the model's patch sizes."

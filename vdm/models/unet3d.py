@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vdm.errors import UserError
 from vdm.models.layers import (
     Attention,
     ConditionEmbedder,
@@ -253,7 +254,7 @@ class UNet3D(nn.Module):
     ) -> None:
         super().__init__()
         if patch_size < 1:
-            raise ValueError(
+            raise UserError(
                 f"UNet3D patch_size must be >= 1, got {patch_size}: fix model.patch_size."
             )
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -331,7 +332,7 @@ class UNet3D(nn.Module):
         """
         b, _, frames, h, w = x.shape
         if h % self.downsample_factor or w % self.downsample_factor:
-            raise ValueError(
+            raise UserError(
                 f"UNet3D needs H and W divisible by {self.downsample_factor} "
                 f"(patch_size * 2 ** (len(channel_mult) - 1)); got {h}x{w}: change data.size, "
                 "model.channel_mult or model.patch_size."

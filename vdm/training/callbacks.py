@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from vdm.diffusion.context import task_mask
 from vdm.diffusion.sampling_loop import SamplingLoop
+from vdm.errors import UserError
 from vdm.files.video import to_uint8, write_clips
 from vdm.inference.generation import sample_videos, side_by_side
 
@@ -62,7 +63,7 @@ class SampleVideos(Callback):
         batch_size: int = 8,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"callbacks.sample_videos.batch_size={batch_size}: must be >= 1.")
+            raise UserError(f"callbacks.sample_videos.batch_size={batch_size}: must be >= 1.")
         self.sampler, self.dirpath = sampler, Path(dirpath)
         self.num_samples, self.guidance_scale = num_samples, guidance_scale
         self.num_frames, self.fps, self.upscale, self.seed = num_frames, fps, upscale, seed

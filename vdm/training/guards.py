@@ -22,6 +22,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from vdm.errors import UserError
 from vdm.files.checkpoint import nonfinite_weights
 from vdm.training.lightning_internals import (
     cluster_environment,
@@ -58,11 +59,11 @@ class NonFiniteGuard(Callback):
 
     def __init__(self, mode: str = "stop", max_skips: int = 10) -> None:
         if mode not in NONFINITE_MODES:
-            raise ValueError(
+            raise UserError(
                 f"callbacks.nonfinite.mode={mode!r}: use one of {', '.join(NONFINITE_MODES)}."
             )
         if max_skips < 1:
-            raise ValueError(f"callbacks.nonfinite.max_skips={max_skips}: must be >= 1.")
+            raise UserError(f"callbacks.nonfinite.max_skips={max_skips}: must be >= 1.")
         self.mode, self.max_skips = mode, max_skips
         self.skipped = 0  # non-finite steps so far
         self.in_a_row = 0

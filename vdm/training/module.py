@@ -14,6 +14,7 @@ from torch import nn
 from vdm.diffusion.context import ContextMasks
 from vdm.diffusion.flow import FlowMatching
 from vdm.diffusion.process import GaussianDiffusion
+from vdm.errors import UserError
 from vdm.inference.model import DenoiserHolder, takes_given_frames
 from vdm.training.lightning_internals import attached_trainer
 from vdm.training.optim import parameter_groups
@@ -77,7 +78,7 @@ class VideoDiffusionModule(DenoiserHolder, LightningModule):
         self.seed = seed
         self.context_masks = context_masks
         if context_masks is not None and not takes_given_frames(denoiser):
-            raise ValueError(
+            raise UserError(
                 "context masks need a denoiser built with frame conditioning: set "
                 "model.frame_conditioning=true (context=mixed does)."
             )
@@ -101,7 +102,7 @@ class VideoDiffusionModule(DenoiserHolder, LightningModule):
         if self.num_classes == 0:
             return None
         if "label" not in batch:
-            raise ValueError(
+            raise UserError(
                 f"The denoiser is class-conditional (model.num_classes={self.num_classes}) but "
                 "the data has no labels: set data.num_classes=0, or use a folder with class "
                 "sub-folders."

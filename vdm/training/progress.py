@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 from lightning import Callback, LightningModule, Trainer
 
+from vdm.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -76,9 +78,9 @@ class ProgressLog(Callback):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if every_n_steps < 1:
-            raise ValueError(f"callbacks.progress_log.every_n_steps={every_n_steps}: must be >= 1.")
+            raise UserError(f"callbacks.progress_log.every_n_steps={every_n_steps}: must be >= 1.")
         if every_seconds <= 0:
-            raise ValueError(f"callbacks.progress_log.every_seconds={every_seconds}: must be > 0.")
+            raise UserError(f"callbacks.progress_log.every_seconds={every_seconds}: must be > 0.")
         self.every_n_steps, self.every_seconds = every_n_steps, every_seconds
         self.on_terminal, self.clock = on_terminal, clock
         self.active = False

@@ -13,6 +13,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from vdm.errors import UserError
 from vdm.training.flops import compute_dtype, peak_flops, training_flops_per_clip
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class ThroughputLog(Callback):
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if window < 1:
-            raise ValueError(f"callbacks.throughput.window={window}: must be >= 1.")
+            raise UserError(f"callbacks.throughput.window={window}: must be >= 1.")
         self.window, self.peak_flops, self.clock = window, peak_flops, clock
         self.flops_per_clip: int | None = None  # counted on the first training batch
         self.peak: float | None = None
