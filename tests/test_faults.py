@@ -16,6 +16,7 @@ from vdm.cli.checks import ConfigError
 from vdm.cli.errors import user_errors_in_one_line
 from vdm.cli.sample import run as sample
 from vdm.cli.train import run
+from vdm.errors import UserError
 from vdm.files.checkpoint import AtomicCheckpointIO, load_checkpoint, nonfinite_weights, sidecar_of
 from vdm.training.guards import NonFiniteTrainingError
 
@@ -134,6 +135,95 @@ def test_a_signal_mid_step_checkpoints_that_step_and_resumes_exactly(tmp_path, s
     for key in ("state_dict", "current_model_state"):
         for name, value in full[key].items():
             assert torch.equal(value, resumed[key][name]), (key, name)
+
+
+VALIDATING = [
+    "callbacks.ema.update_starting_at_step=1",
+    "lr_scheduler.total_steps=6",
+    "trainer.max_steps=6",
+    "trainer.val_check_interval=3",
+    "trainer.limit_val_batches=2",
+    "callbacks.model_checkpoint.save_top_k=-1",  # keep step 3's checkpoint for comparison
+]
+
+
+class SignalInValidation(Callback):
+    """Sends ``signum`` to this process in the validation after step ``step``: in its first
+    batch (``during="batches"``), or at the second model call of its sample videos
+    (``during="sampling"``, after the validation's 2 batches); counts the model calls after."""
+
+    def __init__(self, signum: int, step: int, during: str) -> None:
+        self.signum, self.step, self.during = signum, step, during
+        self.sent, self.calls_after = False, 0
+
+    def send(self) -> None:
+        self.sent = True
+        os.kill(os.getpid(), self.signum)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, *args) -> None:
+        if self.during == "batches" and trainer.global_step == self.step and not self.sent:
+            self.send()
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if self.during != "sampling" or trainer.global_step != self.step:
+            return
+        calls = 0
+
+        def count(module, args) -> None:
+            nonlocal calls
+            calls += 1
+            if self.sent:
+                self.calls_after += 1
+            elif calls == 2 + 2:  # 2 validation batches, then the second sampler step
+                self.send()
+
+        pl_module.denoiser.register_forward_pre_hook(count)
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return all(
+        torch.equal(value, b[part][name])
+        for part in ("state_dict", "current_model_state")
+        for name, value in a[part].items()
+    )
+
+
+@pytest.mark.parametrize("during", ["batches", "sampling"])
+@pytest.mark.parametrize(
+    ("signum", "status", "slurm"), [(signal.SIGINT, 130, False), (signal.SIGUSR1, 138, True)]
+)
+def test_a_signal_during_validation_saves_the_training_weights_and_resumes_exactly(
+    tmp_path, monkeypatch, during, signum, status, slurm
+):
+    """EMA weights are swapped in during validation: a checkpoint written then (the interrupted
+    one, or SLURM's hpc_ckpt) must still hold the training weights as training weights, sampling
+    must stop at once, and the resumed run must end bit-identical to an uninterrupted one."""
+    run(compose_run(tmp_path / "full", *VALIDATING))
+    full = tmp_path / "full" / "checkpoints"
+    if slurm:
+        from test_slurm import SLURM, stand_in_scontrol
+
+        stand_in_scontrol(tmp_path, monkeypatch)
+        for key, value in SLURM.items():
+            monkeypatch.setenv(key, value)
+    send = SignalInValidation(signum, 3, during)
+    with pytest.raises(SystemExit) as caught:
+        train(tmp_path / "job", *VALIDATING, extra=[send])
+    assert caught.value.code == status
+    assert send.calls_after == 0  # the sampler stopped before its next model call
+    saved = (
+        tmp_path / "job" / "hpc_ckpt_1.ckpt"
+        if slurm
+        else tmp_path / "job" / "checkpoints" / "interrupted-step-000003.ckpt"
+    )
+    assert same_weights(load_checkpoint(saved), load_checkpoint(full / "step-000003.ckpt"))
+
+    resume = [] if slurm else [f"ckpt_path={saved}"]  # the requeued job finds hpc_ckpt itself
+    run(compose_run(tmp_path / "job" if slurm else tmp_path / "resumed", *VALIDATING, *resume))
+    resumed = (tmp_path / "job" if slurm else tmp_path / "resumed") / "checkpoints"
+    end = load_checkpoint(resumed / "last.ckpt")
+    assert end["global_step"] == 6
+    assert same_weights(end, load_checkpoint(full / "step-000006.ckpt"))
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -300,3 +390,34 @@ def test_a_bug_keeps_its_traceback_in_the_terminal_and_in_the_log(tmp_path, caps
     assert capsys.readouterr().err.strip().splitlines() == [
         "vdm: error: data.size=0: must be a number >= 1 (frame height and width in pixels)."
     ]
+
+
+# -- runs that train nothing -------------------------------------------------------------------
+
+
+def test_too_few_training_clips_for_one_batch_is_refused_before_training(tmp_path):
+    from conftest import frame_index_video
+
+    from vdm.files.video import write_mp4
+
+    root = tmp_path / "videos"
+    for split, count in (("train", 3), ("val", 1)):
+        for i in range(count):
+            write_mp4(root / split / f"{i}.mp4", frame_index_video(12, 32, 32), fps=8,
+                      lossless=True)  # fmt: skip
+    folder = ["data=folder", f"data.root={root}", "data.num_workers=0", "data.size=32",
+              "data.clip_len=8", "data.frame_stride=1", "data.num_classes=0",
+              "model=unet3d_tiny", "~logger", "trainer.max_steps=1", "trainer.val_check_interval=1",
+              "trainer.limit_val_batches=1", "sampler.steps=2"]  # fmt: skip
+    with pytest.raises(UserError, match=r"3 training videos .* no full batch of data.batch_size"
+                       r"=4 .*lower data.batch_size to at most 3") as caught:  # fmt: skip
+        run(compose_run(tmp_path / "run", *folder, "data.batch_size=4", fast=False))
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    run(compose_run(tmp_path / "ok", *folder, "data.batch_size=3", fast=False))
+
+
+def test_a_run_that_returns_before_max_steps_is_not_a_success(tmp_path):
+    """Lightning returns from fit without training when it has no batches to train on."""
+    with pytest.raises(UserError, match=r"ended at step 0 of trainer.max_steps=4 without"):
+        run(compose_run(tmp_path, "+trainer.limit_train_batches=0"))

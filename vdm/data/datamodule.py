@@ -17,7 +17,7 @@ from vdm.data.dataset import VideoClipDataset
 from vdm.data.index import VideoIndex
 from vdm.data.sampler import EpochSampler
 from vdm.data.shapes import CLASSES, ShapesSpec, generate
-from vdm.errors import MissingFileError, UnknownKeyError, UserError
+from vdm.errors import DataError, MissingFileError, UnknownKeyError, UserError
 
 log = logging.getLogger(__name__)
 # torchdata 0.11 calls a deprecated torch API on every iterator; the message is noise to users.
@@ -191,6 +191,21 @@ class VideoDataModule(LightningDataModule):
                 len(self.val_set),
                 found,
                 self.root,
+            )
+        if stage in (None, "fit"):
+            self._check_a_batch_per_device()
+
+    def _check_a_batch_per_device(self) -> None:
+        """Every rank must get a full training batch: the last short one is dropped, and a run
+        with none would end at step 0 and report nothing wrong."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        clips = len(self.train_set)
+        if clips // world < self.batch_size:
+            devices = f" on each of {world} devices" if world > 1 else ""
+            raise DataError(
+                f"data: {clips} training videos under {self.root} make no full batch of "
+                f"data.batch_size={self.batch_size}{devices} (the last short batch is dropped): "
+                f"lower data.batch_size to at most {max(1, clips // world)} or add videos."
             )
 
     def _loader(self, dataset: VideoClipDataset, train: bool) -> StatefulDataLoader:

@@ -6,6 +6,7 @@ interpolation and long videos, seeded per clip. Shared by ``python -m vdm.sample
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -62,6 +63,7 @@ def sample_videos(
     progress: bool = False,
     context: tuple[torch.Tensor, torch.Tensor] | None = None,
     window_index: int = 0,
+    interrupt: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """``num_samples`` clips of ``clip_shape = (C, T, H, W)``: float ``(N, C, T, H, W)`` on the CPU.
 
@@ -73,6 +75,8 @@ def sample_videos(
     Args:
         context: ``(video (N, C, T, H, W), mask (N, T))``: the given frames of every clip,
             returned unchanged.
+        interrupt: asked before every model call; True stops with
+            :class:`~vdm.inference.model.SamplingInterrupted`.
     """
     if precision not in AUTOCAST_DTYPES:
         raise UserError(f"precision={precision}: use one of {', '.join(AUTOCAST_DTYPES)}.")
@@ -108,6 +112,7 @@ def sample_videos(
                 progress=progress,
                 x_T=x_T,
                 context=given,
+                interrupt=interrupt,
             )
         clips.append(videos.float().cpu())
     return torch.cat(clips)

@@ -5,6 +5,7 @@ same ``denoiser`` / ``diffusion`` pair and samples through the same :func:`gener
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -19,6 +20,11 @@ from vdm.errors import UserError
 log = logging.getLogger(__name__)
 
 Process = GaussianDiffusion | FlowMatching
+
+
+class SamplingInterrupted(Exception):
+    """Sampling stopped between two model calls because ``interrupt()`` said so (a signal asked
+    a training run to stop while it drew sample videos)."""
 
 
 class Generative(Protocol):
@@ -65,6 +71,7 @@ def generate(
     x_T: torch.Tensor | None = None,
     context: tuple[torch.Tensor, torch.Tensor] | None = None,
     device: torch.device | None = None,
+    interrupt: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """Sample videos ``shape = (N, C, T, H, W)`` in [-1, 1] from ``denoiser`` (in eval mode for
     the call, its mode restored after).
@@ -80,6 +87,8 @@ def generate(
         context: ``(video, mask)``: given frames (``video`` of ``shape``, bool ``mask``
             ``(N, T)``), returned unchanged; needs a frame-conditioned denoiser.
         device: where to sample; None = the denoiser's device.
+        interrupt: asked before every model call; True stops sampling with
+            :class:`SamplingInterrupted` (a signal then ends a run within one sampler step).
     """
     num_classes = num_classes_of(denoiser)
     if context is not None and context[1].any() and not takes_given_frames(denoiser):
@@ -106,12 +115,26 @@ def generate(
             ) -> torch.Tensor:
                 return denoiser(x, t, labels, context=context)
 
+        if interrupt is not None:
+            model_fn = interruptible(model_fn, interrupt)
         return sampler.sample(
             diffusion, model_fn, shape, generator=generator, x_T=x_T, progress=progress,
             device=device, context=context,
         )  # fmt: skip
     finally:
         denoiser.train(was_training)
+
+
+def interruptible(model_fn: Callable[..., torch.Tensor], interrupt: Callable[[], bool]):
+    """``model_fn`` that first asks ``interrupt()`` and raises :class:`SamplingInterrupted` when
+    it says True."""
+
+    def checked(*args, **kwargs) -> torch.Tensor:
+        if interrupt():
+            raise SamplingInterrupted("sampling interrupted")
+        return model_fn(*args, **kwargs)
+
+    return checked
 
 
 class DenoiserHolder:

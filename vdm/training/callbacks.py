@@ -9,14 +9,25 @@ import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vdm.diffusion.context import task_mask
 from vdm.diffusion.sampling_loop import SamplingLoop
 from vdm.errors import UserError
 from vdm.files.video import to_uint8, write_clips
 from vdm.inference.generation import sample_videos, side_by_side
+from vdm.inference.model import SamplingInterrupted
 
 log = logging.getLogger(__name__)
+
+
+def check_values(prefix: str, **values: tuple[float | None, float, str]) -> None:
+    """Refuse a callback's value below its minimum in one line: ``{key: (value, minimum,
+    what)}``; None values (off / default) pass."""
+    for key, (value, minimum, what) in values.items():
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if value is not None and (not number or value < minimum):
+            raise UserError(f"{prefix}.{key}={value}: must be >= {minimum:g} ({what}).")
 
 
 class SampleVideos(Callback):
@@ -62,8 +73,17 @@ class SampleVideos(Callback):
         prediction_frames: int | None = None,
         batch_size: int = 8,
     ) -> None:
-        if batch_size < 1:
-            raise UserError(f"callbacks.sample_videos.batch_size={batch_size}: must be >= 1.")
+        check_values(
+            "callbacks.sample_videos",
+            num_samples=(num_samples, 1, "clips per validation"),
+            batch_size=(batch_size, 1, "clips per forward pass"),
+            upscale=(upscale, 1, "nearest-neighbour factor"),
+            guidance_scale=(guidance_scale, 0, "0 = unconditional, 1 = conditional, > 1 guided"),
+            num_frames=(num_frames, 1, "frames per sampled clip; null = the clips' length"),
+            prediction_frames=(prediction_frames, 0, "frames given; 0 = no prediction grid"),
+        )
+        if not isinstance(fps, int | float) or fps <= 0:
+            raise UserError(f"callbacks.sample_videos.fps={fps}: must be > 0 (frames per second).")
         self.sampler, self.dirpath = sampler, Path(dirpath)
         self.num_samples, self.guidance_scale = num_samples, guidance_scale
         self.num_frames, self.fps, self.upscale, self.seed = num_frames, fps, upscale, seed
@@ -71,6 +91,7 @@ class SampleVideos(Callback):
         self._clip_shape: tuple[int, ...] | None = None
         self._real: dict | None = None  # fixed validation clips for the prediction grid
         self._real_complete = False
+        self._interrupt = None  # asked before each model call: a signal stops the sampling
 
     def on_validation_batch_start(
         self,
@@ -96,6 +117,16 @@ class SampleVideos(Callback):
         if trainer.sanity_checking or self._clip_shape is None or not trainer.is_global_zero:
             return
         self._real_complete = True  # later validations predict the same clips
+        self._interrupt = lambda: trainer.received_sigterm  # set by vdm's signal handler too
+        try:
+            self.write(trainer, pl_module)
+        except SamplingInterrupted:
+            # Stop within one sampler step, as Lightning stops within one batch: the run ends
+            # through its usual path (CheckpointOnSignal saves the step, the exit status).
+            raise SIGTERMException from None
+
+    def write(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Sample, write and log the clips (and the prediction grid) of this validation."""
         step = trainer.global_step
         videos, labels = self.sample(pl_module)
         out_dir = self.dirpath / f"step_{step:06d}"
@@ -132,7 +163,7 @@ class SampleVideos(Callback):
         videos = sample_videos(
             pl_module, self.sampler, (c, self.num_frames or t, h, w),
             None if labels is None else labels.tolist(), n, self.batch_size,
-            guidance_scale=scale, seed=self.seed,
+            guidance_scale=scale, seed=self.seed, interrupt=self._interrupt,
         )  # fmt: skip
         return to_uint8(videos), labels
 
@@ -156,7 +187,7 @@ class SampleVideos(Callback):
         videos = sample_videos(
             pl_module, self.sampler, tuple(real.shape[1:]),
             None if labels is None else labels.tolist(), len(real), self.batch_size,
-            guidance_scale=scale, seed=self.seed, context=(given, mask),
+            guidance_scale=scale, seed=self.seed, context=(given, mask), interrupt=self._interrupt,
         )  # fmt: skip
         return side_by_side(*(to_uint8(v) for v in (given, videos, real)))
 

@@ -8,6 +8,7 @@ run. ``pyproject.toml`` pins the range of Lightning releases these were tested w
 from __future__ import annotations
 
 from lightning import LightningModule, Trainer
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import ClusterEnvironment
 
@@ -39,3 +40,15 @@ def wandb_offline_dir(logger: WandbLogger) -> str | None:
     if not (logger._offline and logger._experiment):
         return None
     return logger.experiment.dir.removesuffix("/files")
+
+
+def averages_weights(callback: WeightAveraging) -> bool:
+    """Whether a weight-averaging callback holds an averaged model (it does from ``setup`` of a
+    fit on)."""
+    return callback._average_model is not None
+
+
+def swap_averaged_weights(callback: WeightAveraging, module: LightningModule) -> None:
+    """Exchange the module's weights with the averaged ones, as the callback does at the start
+    and the end of every validation."""
+    callback._swap_models(module)

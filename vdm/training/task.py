@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from vdm.errors import UserError
 from vdm.files.checkpoint import AtomicCheckpointIO
 from vdm.inference.model import compile_denoiser
 from vdm.training.build import (
@@ -28,6 +29,20 @@ from vdm.training.build import (
 from vdm.training.guards import CheckpointOnSignal
 
 log = logging.getLogger(__name__)
+
+
+class RunEndedEarly(UserError):
+    """Training ended before ``trainer.max_steps`` with neither an error nor a signal: nothing to
+    report as success (e.g. Lightning's "No training batches")."""
+
+
+def reached_its_end(trainer: Trainer) -> bool:
+    """Whether a fit that returned normally did what was asked: ``max_steps`` optimizer steps,
+    or ``max_epochs`` epochs, or a callback (early stopping) asked it to stop."""
+    if 0 < trainer.max_steps <= trainer.global_step:
+        return True
+    epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
+    return 0 < epochs <= trainer.current_epoch or trainer.should_stop
 
 
 class RunStopped(Exception):
@@ -49,6 +64,7 @@ def fit(cfg: DictConfig) -> Trainer:
 
     Raises:
         RunStopped: a signal stopped the run (its checkpoint is written).
+        RunEndedEarly: the fit returned before its end without an error or a signal.
     """
     seed_everything(cfg.seed, workers=True)
     log.info("Instantiating data <%s>", cfg.data._target_)
@@ -83,4 +99,10 @@ def fit(cfg: DictConfig) -> Trainer:
             import wandb
 
             wandb.finish()  # close the run so the jobs of a multirun stay apart
+    if not reached_its_end(trainer):
+        raise RunEndedEarly(
+            f"the run ended at step {trainer.global_step} of trainer.max_steps="
+            f"{trainer.max_steps} without an error or a signal: see the lines above (e.g. 'No "
+            "training batches'); it is not a finished run."
+        )
     return trainer
