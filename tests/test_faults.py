@@ -236,6 +236,14 @@ def written(tmp_path) -> Path:
     return tmp_path / "checkpoints" / "last.ckpt"
 
 
+def test_resuming_with_another_optimizer_grouping_is_one_line_naming_the_key(written, tmp_path):
+    with pytest.raises(UserError, match=r"optimizer.weight_decay=0.0 there, 0.01 here") as caught:
+        run(
+            compose_run(tmp_path / "resumed", f"ckpt_path={written}", "optimizer.weight_decay=0.01")
+        )
+    assert "\n" not in str(caught.value)
+
+
 def test_checkpoints_have_a_checksum_and_load(written):
     sidecar = sidecar_of(written)
     assert sidecar.name == "step-000002.ckpt.checksum"
@@ -316,10 +324,17 @@ def test_a_kill_during_save_leaves_the_previous_checkpoint_whole(tmp_path, monke
         (["diffusion=flow", "sampler=ddim"], "but diffusion=flow is rectified flow"),
         (["sampler=euler"], "but diffusion=ddpm is DDPM: use sampler=ddim"),
         (["data=folder", "data.root=/tmp", "data.split_files.train=/x.txt"], "is set alone"),
+        (["optimizer.lr=-1"], r"optimizer.lr=-1: must be a number > 0 \(the peak learning"),
+        (["optimizer.betas=[0.9,1.5]"], r"optimizer.betas=\[0.9, 1.5\]: must be two numbers"),
+        (["lr_scheduler.min_lr_ratio=2"], "lr_scheduler.min_lr_ratio=2: must be a number >= 0"),
+        (["trainer.precision=bogus"], "trainer.precision=bogus: use one of 64-true, 32-true"),
+        (["callbacks.ema.decay=1.5"], r"callbacks.ema.decay=1.5: must be a number >= 0 and <= 1"),
+        (["callbacks.sample_videos.fps=0"], r"callbacks.sample_videos.fps=0: must be > 0"),
+        (["callbacks.sample_videos.upscale=0"], "callbacks.sample_videos.upscale=0: must be >= 1"),
     ],
 )
 def test_bad_values_fail_before_any_work_in_one_line(tmp_path, overrides, message):
-    with pytest.raises(ConfigError, match=message) as caught:
+    with pytest.raises(UserError, match=message) as caught:
         run(compose_run(tmp_path / "run", *overrides))
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "data").exists()  # nothing rendered

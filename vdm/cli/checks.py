@@ -9,6 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from vdm.cli.optimization_checks import check_optimization
 from vdm.errors import UserError
 from vdm.inference.build import is_flow
 
@@ -82,6 +83,7 @@ def check_writable(key: str, folder: str | os.PathLike[str]) -> None:
 
 def check_train_config(cfg: DictConfig) -> None:
     """Check what ``python train.py`` would otherwise find out late (or deep in a library)."""
+    check_optimization(cfg)
     for key, minimum, what in (
         ("data.size", 1, "frame height and width in pixels"),
         ("data.clip_len", 1, "frames per training clip"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from vdm.cli.checks import check_sample_config
 from vdm.cli.common import load_configured_run, sampler_config, sampler_for
 from vdm.cli.errors import user_errors_in_one_line
+from vdm.cli.overrides import check_overrides
 from vdm.errors import UserError
 from vdm.evaluation.fvd import fvd_of_samples
 from vdm.evaluation.metrics import FrechetVideoDistance
@@ -173,9 +175,15 @@ def summary_line(task: str, metrics: dict, counts: dict) -> str:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     with user_errors_in_one_line():
         run(cfg)
+
+
+def main() -> None:
+    """``vdm-evaluate [overrides]``, as conf/evaluate.yaml and the overrides say."""
+    check_overrides("evaluate", sys.argv[1:])
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from omegaconf import DictConfig
 from vdm.cli.checks import check_sample_config
 from vdm.cli.common import load_configured_run, sampler_for
 from vdm.cli.errors import user_errors_in_one_line
+from vdm.cli.overrides import check_overrides
 from vdm.diffusion.context import TASKS
 from vdm.diffusion.sampling_loop import SamplingLoop
 from vdm.errors import UserError
@@ -129,9 +131,15 @@ def run(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     with user_errors_in_one_line():
         run(cfg)
+
+
+def main() -> None:
+    """``vdm-sample [overrides]``, as conf/sample.yaml and the overrides say."""
+    check_overrides("sample", sys.argv[1:])
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from vdm.cli.checks import check_train_config
 from vdm.cli.errors import exit_code, user_errors_in_one_line
+from vdm.cli.optimization_checks import optimizer_mismatch
+from vdm.cli.overrides import check_overrides
 from vdm.errors import UserError
 from vdm.files.checkpoint import load_checkpoint, model_config_mismatch
 from vdm.training.guards import NonFiniteTrainingError
@@ -32,12 +34,28 @@ def check_resume(cfg: DictConfig) -> None:
     """Fail early, in one line, when ``ckpt_path`` cannot resume this run's model."""
     if not cfg.get("ckpt_path"):
         return
-    stored = load_checkpoint(cfg.ckpt_path)["hyper_parameters"]["model"]
+    config = load_checkpoint(cfg.ckpt_path)["hyper_parameters"]
+    stored = config["model"]
     differs = model_config_mismatch(stored, OmegaConf.to_container(cfg.model, resolve=True))
     if differs:
         raise UserError(
             f"ckpt_path={cfg.ckpt_path} holds another model (model.{', model.'.join(differs)} "
             f"differ; it has {stored['_target_']}): resume with the model config that wrote it."
+        )
+    optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    why = optimizer_mismatch(config.get("optimizer") or {}, optimizer)
+    if why:
+        raise UserError(f"ckpt_path={cfg.ckpt_path} cannot resume this run: {why}.")
+    changed = sorted(
+        k
+        for k in optimizer
+        if k != "_partial_" and config.get("optimizer", {}).get(k) != optimizer[k]
+    )
+    if changed:  # Lightning restores the optimizer's and the schedule's state over them
+        log.warning(
+            "optimizer.%s differ from the checkpoint's; a resumed run keeps the checkpoint's "
+            "optimizer state (start a new run to change them)",
+            ", optimizer.".join(changed),
         )
 
 
@@ -103,6 +121,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """``vdm-train [overrides]``: train as conf/train.yaml and the overrides say."""
     sys.argv = null_groups_as_deletions(sys.argv)
+    check_overrides("train", sys.argv[1:])
     hydra_main()
 
 

@@ -7,11 +7,11 @@ import logging
 from collections.abc import Iterator
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, Subset
 
 from vdm.errors import UserError
+from vdm.inference.build import instantiate_config
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def real_batches(
 ) -> Iterator[dict]:
     """Batches (``video (B, C, T, H, W)``, ``label``, ``fps``) of ``count`` clips (fewer if the
     split is smaller) drawn at random, by ``seed``, from ``split`` (``val`` or ``train``)."""
-    datamodule = instantiate(data_cfg)
+    datamodule = instantiate_config(data_cfg, "data")
     datamodule.prepare_data()
     datamodule.setup("validate")
     dataset = {"val": datamodule.val_set, "train": datamodule.train_set}.get(split)

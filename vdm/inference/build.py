@@ -6,14 +6,32 @@ from __future__ import annotations
 
 import logging
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
 from vdm.diffusion.sampling_loop import SamplingLoop
+from vdm.errors import UnknownKeyError, UserError
 from vdm.inference.model import Process
 
 log = logging.getLogger(__name__)
+
+
+def instantiate_config(conf: DictConfig, key: str, **kwargs):
+    """``hydra.utils.instantiate(conf, **kwargs)``, with a user's errors as vdm's own: a value
+    the constructor refuses (a :class:`~vdm.errors.UserError`, which Hydra wraps) comes through
+    as it is, and a key it does not take as an :class:`~vdm.errors.UnknownKeyError` naming
+    ``key`` (the config node, e.g. ``trainer``)."""
+    try:
+        return instantiate(conf, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
+            raise UnknownKeyError(f"{key}: {cause}") from None
+        raise
 
 
 def is_flow(diffusion: DictConfig) -> bool:
@@ -26,15 +44,16 @@ def build_diffusion(cfg: DictConfig) -> Process:
     rectified flow (which has no schedule)."""
     log.info("Instantiating diffusion <%s>", cfg.diffusion._target_)
     if is_flow(cfg.diffusion):
-        return instantiate(cfg.diffusion)
+        return instantiate_config(cfg.diffusion, "diffusion")
     log.info("Instantiating schedule <%s>", cfg.schedule._target_)
-    return instantiate(cfg.diffusion, schedule=instantiate(cfg.schedule))
+    schedule = instantiate_config(cfg.schedule, "schedule")
+    return instantiate_config(cfg.diffusion, "diffusion", schedule=schedule)
 
 
 def build_model(cfg: DictConfig) -> nn.Module:
     """The denoiser of ``cfg.model`` (``UNet3D`` or ``SpaceTimeTransformer``)."""
     log.info("Instantiating model <%s>", cfg.model._target_)
-    model = instantiate(cfg.model, _convert_="all")
+    model = instantiate_config(cfg.model, "model", _convert_="all")
     log.info("Model has %.2f M parameters", sum(p.numel() for p in model.parameters()) / 1e6)
     return model
 
@@ -42,4 +61,4 @@ def build_model(cfg: DictConfig) -> nn.Module:
 def build_sampler(sampler: DictConfig) -> SamplingLoop:
     """The sampler of a ``sampler`` config."""
     log.info("Instantiating sampler <%s>", sampler._target_)
-    return instantiate(sampler)
+    return instantiate_config(sampler, "sampler")

@@ -7,7 +7,6 @@ import logging
 import netrc
 import os
 
-from hydra.utils import instantiate
 from lightning import Callback, Trainer
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.loggers import Logger, WandbLogger
@@ -15,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vdm.diffusion.context import ContextMasks
-from vdm.inference.build import build_diffusion, build_model
+from vdm.inference.build import build_diffusion, build_model, instantiate_config
 from vdm.training.lightning_internals import wandb_offline_dir
 from vdm.training.module import VideoDiffusionModule
 
@@ -27,8 +26,12 @@ def build_module(cfg: DictConfig) -> VideoDiffusionModule:
     return VideoDiffusionModule(
         denoiser=build_model(cfg),
         diffusion=build_diffusion(cfg),
-        optimizer=instantiate(cfg.optimizer),
-        lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
+        optimizer=instantiate_config(cfg.optimizer, "optimizer"),
+        lr_scheduler=(
+            instantiate_config(cfg.lr_scheduler, "lr_scheduler")
+            if cfg.get("lr_scheduler")
+            else None
+        ),
         label_dropout=cfg.module.label_dropout,
         seed=cfg.seed,
         config=OmegaConf.to_container(cfg, resolve=True),
@@ -42,7 +45,7 @@ def build_context_masks(cfg: DictConfig) -> ContextMasks | None:
     if masks is None:
         return None
     log.info("Instantiating context masks <%s>", masks._target_)
-    return instantiate(masks)
+    return instantiate_config(masks, "context.masks")
 
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
@@ -55,7 +58,7 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
     for name, conf in (cfg.get("callbacks") or {}).items():
         if conf is not None and "_target_" in conf:
             log.info("Instantiating callback %s <%s>", name, conf._target_)
-            callbacks.append(instantiate(conf))
+            callbacks.append(instantiate_config(conf, f"callbacks.{name}"))
     return sorted(callbacks, key=lambda c: isinstance(c, WeightAveraging))
 
 
@@ -90,7 +93,7 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
             with open_dict(conf):
                 conf.offline = not wandb_api_key_configured()
         log.info("Instantiating logger %s <%s>", name, conf._target_)
-        loggers.append(instantiate(conf))
+        loggers.append(instantiate_config(conf, f"logger.{name}"))
     return loggers
 
 

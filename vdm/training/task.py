@@ -8,7 +8,6 @@ import logging
 import signal
 
 import torch
-from hydra.utils import instantiate
 from lightning import LightningDataModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
@@ -17,6 +16,7 @@ from omegaconf import DictConfig
 
 from vdm.errors import UserError
 from vdm.files.checkpoint import AtomicCheckpointIO
+from vdm.inference.build import instantiate_config
 from vdm.inference.model import compile_denoiser
 from vdm.training.build import (
     build_callbacks,
@@ -68,7 +68,7 @@ def fit(cfg: DictConfig) -> Trainer:
     """
     seed_everything(cfg.seed, workers=True)
     log.info("Instantiating data <%s>", cfg.data._target_)
-    datamodule: LightningDataModule = instantiate(cfg.data)
+    datamodule: LightningDataModule = instantiate_config(cfg.data, "data")
     module = build_module(cfg)
     if cfg.get("compile"):
         compile_denoiser(module)
@@ -77,8 +77,9 @@ def fit(cfg: DictConfig) -> Trainer:
     if not loggers:  # LearningRateMonitor refuses to run without a logger (logger=null)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)
-    trainer: Trainer = instantiate(
+    trainer: Trainer = instantiate_config(
         cfg.trainer,
+        "trainer",
         callbacks=callbacks,
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
