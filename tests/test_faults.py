@@ -258,12 +258,12 @@ def test_a_corrupted_checkpoint_is_refused_in_one_line(written, tmp_path):
     middle = len(data) // 2
     data[middle : middle + 4096] = os.urandom(4096)
     real.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="is corrupt") as caught:
+    with pytest.raises(ValueError, match="is damaged: member .* SHA-256 differs") as caught:
         load_checkpoint(written)
     assert "\n" not in str(caught.value) and str(written) in str(caught.value)
-    with pytest.raises(ValueError, match="is corrupt"):  # resuming: before any work
+    with pytest.raises(ValueError, match="is damaged: member "):  # resuming: before any work
         run(compose_run(tmp_path / "resume", f"ckpt_path={written}"))
-    with pytest.raises(ValueError, match="is corrupt"):
+    with pytest.raises(ValueError, match="is damaged: member "):
         sample(compose_config("sample", f"ckpt_path={written}", f"out_dir={tmp_path / 's'}"))
 
 
@@ -436,3 +436,27 @@ def test_a_run_that_returns_before_max_steps_is_not_a_success(tmp_path):
     """Lightning returns from fit without training when it has no batches to train on."""
     with pytest.raises(UserError, match=r"ended at step 0 of trainer.max_steps=4 without"):
         run(compose_run(tmp_path, "+trainer.limit_train_batches=0"))
+
+
+def test_a_second_run_in_a_folder_a_live_run_holds_is_refused(tmp_path):
+    """The lock of a live run (another process) keeps a second run out of its folder; once that
+    run is gone the folder is taken over, and a finished run leaves no lock behind."""
+    import json
+    import socket
+    import subprocess
+
+    from vdm.files.run_lock import LOCK_NAME
+
+    other = subprocess.Popen(["sleep", "60"])
+    lock = tmp_path / LOCK_NAME
+    tmp_path.mkdir(exist_ok=True)
+    lock.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(), "started": "x"}))
+    try:
+        with pytest.raises(UserError, match=r"is in use by another run \(pid") as caught:
+            run(compose_run(tmp_path, "trainer.max_steps=1", "trainer.val_check_interval=1"))
+        assert "\n" not in str(caught.value) and not (tmp_path / "checkpoints").exists()
+    finally:
+        other.kill()
+        other.wait()
+    run(compose_run(tmp_path, "trainer.max_steps=1", "trainer.val_check_interval=1"))
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file() and not lock.exists()

@@ -7,6 +7,7 @@ import logging
 import math
 import signal
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import hydra
@@ -21,6 +22,7 @@ from vdm.cli.optimization_checks import optimizer_mismatch
 from vdm.cli.overrides import check_overrides
 from vdm.errors import UserError
 from vdm.files.checkpoint import load_checkpoint, model_config_mismatch
+from vdm.files.run_lock import hold_run_folder
 from vdm.training.guards import NonFiniteTrainingError
 from vdm.training.task import RunStopped, fit
 
@@ -59,13 +61,24 @@ def check_resume(cfg: DictConfig) -> None:
         )
 
 
+def run_folder_lock(cfg: DictConfig) -> AbstractContextManager[None]:
+    """The run folder's lock (:func:`~vdm.files.run_lock.hold_run_folder`: one live run per
+    folder); nothing when ``paths.output_dir`` is unset, or ``${hydra:...}`` outside a run."""
+    try:
+        output_dir = OmegaConf.select(cfg, "paths.output_dir", default=None)
+    except ValueError:  # the interpolation has no Hydra run to resolve against
+        output_dir = None
+    return hold_run_folder(Path(output_dir)) if output_dir else nullcontext()
+
+
 def run(cfg: DictConfig) -> Trainer:
-    """Check ``cfg`` (before any data is rendered), then train; a signal's stop exits with
-    ``128 + n`` after its checkpoint."""
+    """Check ``cfg`` (before any data is rendered), then train in a run folder no other live
+    run holds; a signal's stop exits with ``128 + n`` after its checkpoint."""
     check_train_config(cfg)
     check_resume(cfg)
     try:
-        return fit(cfg)
+        with run_folder_lock(cfg):
+            return fit(cfg)
     except RunStopped as stop:
         log.error("Stopped by %s at step %d", signal.Signals(stop.signum).name, stop.step)
         raise SystemExit(exit_code(stop.signum)) from None
