@@ -17,7 +17,8 @@ from vdm.cli.errors import user_errors_in_one_line
 from vdm.cli.sample import run as sample
 from vdm.cli.train import run
 from vdm.errors import UserError
-from vdm.files.checkpoint import AtomicCheckpointIO, load_checkpoint, nonfinite_weights, sidecar_of
+from vdm.files.checkpoint import AtomicCheckpointIO, load_checkpoint, nonfinite_weights
+from vdm.files.verify import sidecar_of
 from vdm.training.guards import NonFiniteTrainingError
 
 COMMON = [

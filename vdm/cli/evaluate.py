@@ -25,7 +25,7 @@ from vdm.evaluation.fvd import fvd_of_samples
 from vdm.evaluation.metrics import FrechetVideoDistance
 from vdm.evaluation.real_clips import real_batches, real_data_config
 from vdm.evaluation.tasks import evaluate_context_task
-from vdm.files.checkpoint import sha256_of
+from vdm.files.verify import sha256_of
 from vdm.inference.generation import sampler_name
 from vdm.inference.run import run_dir_of
 

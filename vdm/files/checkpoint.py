@@ -1,12 +1,13 @@
-"""vdm checkpoints: written atomically with a SHA-256 sidecar (``.checksum``), read safely
-(``weights_only=True``, checksum and finite weights verified) with one-line errors."""
+"""vdm checkpoints: written atomically with a SHA-256 sidecar (``.checksum``), read as data only
+(``weights_only=True``) after the file is verified (:mod:`vdm.files.verify`), with one-line
+errors."""
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import errno
 import logging
 import os
-import pickle
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,16 @@ from typing import Any
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
-from vdm.errors import MissingFileError, UserError
+from vdm.errors import UserError
+from vdm.files.verify import (
+    SIDECAR_SUFFIX,
+    load_plain,
+    sha256_of,
+    verify_checkpoint_file,
+)
 
 log = logging.getLogger(__name__)
 
-# The sidecar's suffix. Not ".sha256": Lightning numbers hpc_ckpt_<n>.ckpt from every digit
-# after "hpc_ckpt_" in a file name, so "hpc_ckpt_1.ckpt.sha256" would read as checkpoint 1256.
-SIDECAR_SUFFIX = ".checksum"
 
 # Keys of the model config that may change between runs without changing the weights.
 RUNTIME_MODEL_KEYS = ("gradient_checkpointing", "dropout")
@@ -28,72 +32,76 @@ RUNTIME_MODEL_KEYS = ("gradient_checkpointing", "dropout")
 ADDED_MODEL_KEYS = {"frame_conditioning": False}
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sidecar_of(path: str | Path) -> Path:
-    """``x.ckpt.checksum`` beside the file ``path`` points to (``last.ckpt`` is a link)."""
-    real = Path(path).expanduser().resolve()
-    return real.with_name(real.name + SIDECAR_SUFFIX)
+def save_failure(path: Path, error: OSError, saved: bool) -> str:
+    """The one line for an ``OSError`` while saving the checkpoint ``path``."""
+    reason = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free space on that disk or pick another hydra.run.dir"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make the folder writable or pick another hydra.run.dir"
+    else:
+        fix = "check that folder (free space, write permission) or pick another hydra.run.dir"
+    if saved:  # only the sidecar is missing: the new checkpoint loads with a warning
+        return (
+            f"Could not write the checksum file of {path.name} in {path.parent}: {reason} (the "
+            f"checkpoint itself was saved); {fix}."
+        )
+    return (
+        f"Could not save the checkpoint {path.name} in {path.parent}: {reason}; the checkpoints "
+        f"already there are kept whole. To go on, {fix}."
+    )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file, syncs it, records its SHA-256 in
     ``<name>.checksum`` (``sha256sum``'s format: ``sha256sum -c`` checks it) and only then
-    renames it into place: a run killed while saving leaves the
-    previous checkpoint whole, never a half-written one under its name."""
+    renames it into place: a run killed while saving leaves the previous checkpoint whole, never
+    a half-written one under its name. A full disk or a read-only folder is one ``UserError``
+    line, and the temporary files are removed.
+
+    Loads verify the file (:func:`verify_checkpoint_file`) and read it as data only, whatever
+    ``weights_only`` Lightning passes.
+    """
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options=None
     ) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         # Temporary names that Lightning's hpc_ckpt_<n> numbering cannot mistake for a checkpoint.
         tmp = path.with_name(f".vdm-{uuid.uuid4().hex}.tmp")
         sidecar_tmp = tmp.with_suffix(".tmp-checksum")
+        saved = False
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as file:
                 torch.save(checkpoint, file)
                 file.flush()
                 os.fsync(file.fileno())
             sidecar_tmp.write_text(f"{sha256_of(tmp)}  {path.name}\n")
             os.replace(tmp, path)
+            saved = True
             os.replace(sidecar_tmp, path.with_name(path.name + SIDECAR_SUFFIX))
+        except OSError as error:
+            raise UserError(save_failure(path, error, saved)) from None
         finally:
-            tmp.unlink(missing_ok=True)
-            sidecar_tmp.unlink(missing_ok=True)
+            for leftover in (tmp, sidecar_tmp):
+                with contextlib.suppress(OSError):  # the folder may refuse this too
+                    leftover.unlink(missing_ok=True)
 
-    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
-        """Lightning's load, after the checksum check: ``ckpt_path`` is checked before the run
-        starts, this catches what Lightning finds itself (a requeued job's ``hpc_ckpt_*``)."""
-        if Path(path).is_file():
-            verify_checksum(Path(path), "checkpoint")
-        kwargs = {} if map_location is None else {"map_location": map_location}
-        return super().load_checkpoint(path, weights_only=weights_only, **kwargs)
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Lightning's load (resume, a requeued job's ``hpc_ckpt_*``), verified and as data only:
+        ``weights_only`` is ignored, since vdm's checkpoints hold only tensors and plain data."""
+        if not Path(path).is_file():  # missing, or a remote URL: Lightning's own handling
+            kwargs = {} if map_location is None else {"map_location": map_location}
+            return super().load_checkpoint(path, weights_only=True, **kwargs)
+        verify_checkpoint_file(path, "checkpoint")
+        return load_plain(path, "checkpoint", "cpu" if map_location is None else map_location)
 
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
         super().remove_checkpoint(path)
         Path(str(path) + SIDECAR_SUFFIX).unlink(missing_ok=True)
-
-
-def verify_checksum(path: Path, key: str) -> None:
-    """Compare ``path`` with its sidecar; an older checkpoint without one loads with a warning."""
-    sidecar = sidecar_of(path)
-    if not sidecar.is_file():
-        log.warning("%s=%s has no checksum file (written before vdm kept them): loaded unchecked",
-                    key, path)  # fmt: skip
-        return
-    expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
-    if sha256_of(path) != expected:
-        raise UserError(
-            f"{key}={path} is corrupt: its SHA-256 differs from the one recorded in "
-            f"{sidecar.name} when it was written; use an earlier checkpoint."
-        )
 
 
 def nonfinite_weights(checkpoint: dict) -> list[str]:
@@ -108,25 +116,16 @@ def nonfinite_weights(checkpoint: dict) -> list[str]:
 
 
 def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
-    """Load a checkpoint written by ``python train.py`` (plain data only, no pickled code),
-    after checking it against its SHA-256 sidecar; its weights must be finite.
+    """Load a checkpoint written by ``python train.py`` as data only, after verifying the file
+    (:func:`verify_checkpoint_file`); its weights must be finite.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a vdm checkpoint, is corrupt, or holds non-finite weights.
+        MissingFileError: ``path`` does not exist.
+        UserError: the file is not a vdm checkpoint, is damaged, holds pickled code, or holds
+            non-finite weights.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise MissingFileError(
-            f"{key}={path} does not exist: pass a checkpoint such as "
-            "<run dir>/checkpoints/last.ckpt."
-        )
-    verify_checksum(path, key)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{key}={path} is not a vdm checkpoint: {reason[:200]}") from None
+    path = verify_checkpoint_file(path, key)
+    checkpoint = load_plain(path, key, mmap=True)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint.get("hyper_parameters", {}):
         raise UserError(
             f"{key}={path} is not a vdm checkpoint (it stores no run config): use a "
