@@ -200,6 +200,40 @@ def test_a_signal_checkpoints_the_step_and_exits_with_its_status(tmp_path, signu
     assert again.returncode == 0
 
 
+def test_sigint_during_validation_stops_within_a_sampler_step_and_resumes(tmp_path):
+    """Ctrl-C once the log says ``validating at step 2``: the run stops inside the validation
+    (sample videos of many clips and steps would take far longer), saves the training weights
+    as training weights, exits 130, and resumes."""
+    process, run_dir = started_training(
+        tmp_path, "debug=fast", "trainer.max_steps=100000", "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=2", "callbacks.sample_videos.num_samples=16",
+        "sampler.steps=1000", "callbacks.ema.update_starting_at_step=0",
+    )  # fmt: skip
+    log = run_dir / "train.log"
+    deadline = time.monotonic() + 300
+    while "validating at step 2" not in log.read_text():
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.1)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-2000:]
+    assert time.monotonic() - sent < 60  # not 48 clips × 1000 steps of sample videos
+    (saved,) = (run_dir / "checkpoints").glob("interrupted-step-*.ckpt")
+    stored = torch.load(saved, map_location="cpu", weights_only=True)
+    assert stored["global_step"] == 2
+    differs = [
+        not torch.equal(v, stored["current_model_state"][k])
+        for k, v in stored["state_dict"].items()
+    ]
+    assert any(differs)  # EMA and training weights, both kept
+    again = train(
+        tmp_path / "resume", "debug=fast", f"ckpt_path={saved}", "trainer.max_steps=4",
+        "trainer.val_check_interval=2", "callbacks.ema.update_starting_at_step=0",
+    )  # fmt: skip
+    assert again.returncode == 0
+
+
 def test_divergence_and_bad_values_exit_1_in_one_line(tmp_path):
     diverged = train(
         tmp_path / "nan", "debug=fast", "optimizer.lr=1e6", "trainer.max_steps=20",
