@@ -90,3 +90,9 @@ def test_the_offline_wandb_folder_is_known_once_the_run_started(tmp_path, monkey
         import wandb
 
         wandb.finish()
+
+
+def test_a_spawned_fit_did_not_train_in_this_process():
+    assert internals.trained_in_this_process(Trainer(logger=False, accelerator="cpu"))
+    spawned = Trainer(logger=False, accelerator="cpu", strategy="ddp_spawn", devices=2)
+    assert not internals.trained_in_this_process(spawned)

@@ -192,7 +192,7 @@ class VideoDataModule(LightningDataModule):
                 found,
                 self.root,
             )
-        if stage in (None, "fit"):
+        if stage == "fit":
             self._check_a_batch_per_device()
 
     def _check_a_batch_per_device(self) -> None:

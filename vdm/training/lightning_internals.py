@@ -52,3 +52,11 @@ def swap_averaged_weights(callback: WeightAveraging, module: LightningModule) ->
     """Exchange the module's weights with the averaged ones, as the callback does at the start
     and the end of every validation."""
     callback._swap_models(module)
+
+
+def trained_in_this_process(trainer: Trainer) -> bool:
+    """False when the fit ran in processes Lightning spawned (``strategy=ddp_spawn``): this
+    process then never trained, and its step counters stay where they were."""
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    return not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)

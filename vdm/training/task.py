@@ -27,6 +27,7 @@ from vdm.training.build import (
     steps_as_batches,
 )
 from vdm.training.guards import CheckpointOnSignal
+from vdm.training.lightning_internals import trained_in_this_process
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ class RunEndedEarly(UserError):
 
 def reached_its_end(trainer: Trainer) -> bool:
     """Whether a fit that returned normally did what was asked: ``max_steps`` optimizer steps,
-    or ``max_epochs`` epochs, or a callback (early stopping) asked it to stop."""
-    if 0 < trainer.max_steps <= trainer.global_step:
+    or ``max_epochs`` epochs, or a callback (early stopping) asked it to stop. (Under
+    ``ddp_spawn`` the spawned processes trained and said so themselves.)"""
+    if 0 < trainer.max_steps <= trainer.global_step or not trained_in_this_process(trainer):
         return True
     epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
     return 0 < epochs <= trainer.current_epoch or trainer.should_stop
