@@ -11,12 +11,13 @@ import pytest
 VDM = Path(__file__).resolve().parents[1] / "vdm"
 
 # What each folder may import from vdm (docs/design.md, "What may import what").
-BASE = {"errors", "diffusion", "models", "files", "data"}
+BASE = {"errors", "diffusion", "models", "files", "data", "autoencoders"}
 ALLOWED = {
     "diffusion": {"errors"},
     "models": {"errors"},
     "files": {"errors"},
     "data": {"errors", "files"},
+    "autoencoders": {"errors", "models", "files"},
     "conf": set(),
     "inference": BASE,
     "evaluation": BASE | {"inference"},
@@ -92,6 +93,17 @@ def test_inference_needs_no_training_code():
         "import sys\n"
         "import vdm.inference\n"
         "bad = sorted(m for m in sys.modules if m.startswith(('vdm.training', 'vdm.evaluation')))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_autoencoders_import_neither_lightning_nor_hydra_nor_diffusers_until_used():
+    code = (
+        "import sys\n"
+        "import vdm.autoencoders\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('lightning', 'pytorch_lightning', 'hydra', 'diffusers'))\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

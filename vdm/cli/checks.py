@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from vdm.cli.optimization_checks import check_optimization
 from vdm.errors import UserError
 from vdm.inference.build import is_flow
+from vdm.training.build import is_autoencoder_task
 
 
 class ConfigError(UserError):
@@ -83,6 +84,10 @@ def check_writable(key: str, folder: str | os.PathLike[str]) -> None:
 
 def check_train_config(cfg: DictConfig) -> None:
     """Check what ``python train.py`` would otherwise find out late (or deep in a library)."""
+    task = _get(cfg, "task")
+    if task not in ("diffusion", "autoencoder", None):
+        raise ConfigError(f"task={task}: use task=diffusion (a denoiser) or task=autoencoder "
+                          "(vdm's video VAE).")  # fmt: skip
     check_optimization(cfg)
     for key, minimum, what in (
         ("data.size", 1, "frame height and width in pixels"),
@@ -98,19 +103,83 @@ def check_train_config(cfg: DictConfig) -> None:
         ("callbacks.sample_videos.batch_size", 1, "clips per forward pass"),
     ):
         at_least(cfg, key, minimum, what)
+    if is_autoencoder_task(cfg):
+        check_vae_config(cfg)
+    else:
+        check_denoiser_config(cfg)
+    check_data_config(cfg)
+    try:
+        output_dir = _get(cfg, "paths.output_dir")
+    except ValueError:  # ${hydra:...} outside a Hydra run: nothing to check
+        output_dir = None
+    if output_dir:
+        check_writable("hydra.run.dir", output_dir)
+
+
+def check_vae_config(cfg: DictConfig) -> None:
+    """``task=autoencoder``: the frame size fits the VAE's downsampling; no compile."""
+    mult = _get(cfg, "vae.channel_mult") or [1]
+    factor, size = 2 ** (len(mult) - 1), _get(cfg, "data.size")
+    if size is not None and size % factor:
+        raise ConfigError(
+            f"data.size={size}: the VAE (vae.channel_mult has {len(mult)} levels) needs a "
+            f"multiple of {factor}: e.g. data.size={max(factor, size // factor * factor)}."
+        )
+    if cfg.get("compile"):
+        raise ConfigError("compile=true compiles a denoiser; task=autoencoder has none: drop it.")
+
+
+def check_latent_geometry(cfg: DictConfig) -> tuple[int | None, int | None]:
+    """The size and clip length the denoiser sees (in latents with an autoencoder), after
+    checking that the autoencoder takes ``data.size`` and ``data.clip_len``."""
     size, clip_len = _get(cfg, "data.size"), _get(cfg, "data.clip_len")
+    spatial = _get(cfg, "autoencoder.spatial_factor") or 1
+    temporal = _get(cfg, "autoencoder.temporal_factor") or 1
+    causal = bool(_get(cfg, "autoencoder.causal"))
+    if size is not None and size % spatial:
+        raise ConfigError(
+            f"data.size={size}: the autoencoder (spatial factor {spatial}) needs a multiple of "
+            f"{spatial}: e.g. data.size={max(spatial, size // spatial * spatial)}."
+        )
+    if clip_len is not None and temporal > 1:
+        if causal and (clip_len - 1) % temporal:
+            raise ConfigError(
+                f"data.clip_len={clip_len}: the causal autoencoder (temporal factor {temporal}) "
+                f"takes 1 + {temporal}·k frames: e.g. data.clip_len="
+                f"{1 + temporal * max(1, (clip_len - 1) // temporal)}."
+            )
+        if not causal and clip_len % temporal:
+            raise ConfigError(
+                f"data.clip_len={clip_len}: the autoencoder (temporal factor {temporal}) needs a "
+                f"multiple of {temporal}: e.g. data.clip_len={max(temporal, clip_len // temporal * temporal)}."
+            )
+    latent_size = None if size is None else size // spatial
+    if clip_len is None:
+        return latent_size, None
+    latent_len = 1 + (clip_len - 1) // temporal if causal else clip_len // temporal
+    return latent_size, latent_len
+
+
+def check_denoiser_config(cfg: DictConfig) -> None:
+    """The denoiser, its process and its sample-video sampler fit each other and the data."""
+    size, clip_len = check_latent_geometry(cfg)
+    spatial = _get(cfg, "autoencoder.spatial_factor") or 1
     space, time = model_divisors(cfg.model)
+    latent = " latent" if spatial > 1 or (_get(cfg, "autoencoder.temporal_factor") or 1) > 1 else ""
     if size is not None and size % space:
         model = cfg.model._target_.rsplit(".", 1)[-1]
-        nearest = max(space, size // space * space)
+        need = space * spatial
+        nearest = max(need, size * spatial // need * need)
         raise ConfigError(
-            f"data.size={size}: {model} needs a multiple of {space} (its patch size and "
-            f"downsampling): e.g. data.size={nearest}."
+            f"data.size={size * spatial}: {model} needs a{latent} size that is a multiple of "
+            f"{space} (its patch size and downsampling; the{latent} size is {size}): e.g. "
+            f"data.size={nearest}."
         )
     if clip_len is not None and clip_len % time:
         raise ConfigError(
-            f"data.clip_len={clip_len}: model.temporal_patch_size={time} needs a multiple of "
-            f"{time}: e.g. data.clip_len={max(time, clip_len // time * time)}."
+            f"data.clip_len={_get(cfg, 'data.clip_len')}: model.temporal_patch_size={time} needs "
+            f"a{latent} clip length that is a multiple of {time} (it is {clip_len}): change "
+            "data.clip_len or model.temporal_patch_size."
         )
     process = "diffusion=flow" if is_flow(cfg.diffusion) else "diffusion=ddpm"
     if cfg.sampler.get("from_checkpoint"):
@@ -128,6 +197,10 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"sampler.steps={steps}: must be in [1, {num_steps}] (schedule.num_steps)."
         )
+
+
+def check_data_config(cfg: DictConfig) -> None:
+    """Split files come in pairs and exist."""
     split_files = _get(cfg, "data.split_files") or {}
     given = sorted(k for k, v in split_files.items() if v is not None)
     if given and given != ["train", "val"]:
@@ -141,12 +214,6 @@ def check_train_config(cfg: DictConfig) -> None:
             raise ConfigError(f"data.split_files.{split}={path}: no such file.")
     check_guidance("callbacks.sample_videos.guidance_scale",
                    _get(cfg, "callbacks.sample_videos.guidance_scale"))  # fmt: skip
-    try:
-        output_dir = _get(cfg, "paths.output_dir")
-    except ValueError:  # ${hydra:...} outside a Hydra run: nothing to check
-        output_dir = None
-    if output_dir:
-        check_writable("hydra.run.dir", output_dir)
 
 
 def check_sample_config(cfg: DictConfig) -> None:

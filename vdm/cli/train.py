@@ -23,6 +23,7 @@ from vdm.cli.overrides import check_overrides
 from vdm.errors import UserError
 from vdm.files.checkpoint import load_checkpoint, model_config_mismatch
 from vdm.files.run_lock import hold_run_folder
+from vdm.inference.build import fill_autoencoder_geometry
 from vdm.training.guards import NonFiniteTrainingError
 from vdm.training.task import RunStopped, fit
 
@@ -74,6 +75,7 @@ def run_folder_lock(cfg: DictConfig) -> AbstractContextManager[None]:
 def run(cfg: DictConfig) -> Trainer:
     """Check ``cfg`` (before any data is rendered), then train in a run folder no other live
     run holds; a signal's stop exits with ``128 + n`` after its checkpoint."""
+    fill_autoencoder_geometry(cfg)  # the checks work in latent units
     check_train_config(cfg)
     check_resume(cfg)
     try:

@@ -8,9 +8,10 @@ import logging
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from vdm.autoencoders import Autoencoder, PixelSpace, diffusers_geometry, vdm_geometry
 from vdm.diffusion.sampling_loop import SamplingLoop
 from vdm.errors import UnknownKeyError, UserError
 from vdm.inference.model import Process
@@ -62,3 +63,36 @@ def build_sampler(sampler: DictConfig) -> SamplingLoop:
     """The sampler of a ``sampler`` config."""
     log.info("Instantiating sampler <%s>", sampler._target_)
     return instantiate_config(sampler, "sampler")
+
+
+GEOMETRY_KEYS = ("latent_channels", "spatial_factor", "temporal_factor", "causal")
+
+
+def fill_autoencoder_geometry(cfg: DictConfig) -> None:
+    """Fill ``cfg.autoencoder``'s geometry keys (left null in its config) from the model it
+    names (a vdm checkpoint's config, a diffusers folder's ``config.json``), so that the checks
+    and the denoiser's channels work in latent units before any weights load. Idempotent."""
+    conf = OmegaConf.select(cfg, "autoencoder")
+    if conf is None or conf.get("latent_channels") is not None:
+        return
+    target = str(conf.get("_target_", ""))
+    if target.endswith("load_vdm_autoencoder"):
+        geometry = vdm_geometry(conf.get("ckpt_path"))
+    elif target.endswith("load_diffusers_autoencoder"):
+        geometry = diffusers_geometry(conf.get("path"))
+    else:
+        return
+    with open_dict(conf):
+        for key in GEOMETRY_KEYS:
+            conf[key] = geometry[key]
+
+
+def build_autoencoder(cfg: DictConfig) -> Autoencoder:
+    """The frozen autoencoder of ``cfg.autoencoder`` (pixel space when the config has none,
+    as the configs of checkpoints written before autoencoders)."""
+    conf = OmegaConf.select(cfg, "autoencoder")
+    if conf is None:
+        return PixelSpace(OmegaConf.select(cfg, "data.channels", default=3))
+    fill_autoencoder_geometry(cfg)
+    log.info("Instantiating autoencoder <%s>", conf._target_)
+    return instantiate_config(conf, "autoencoder")

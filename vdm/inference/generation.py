@@ -67,6 +67,10 @@ def sample_videos(
 ) -> torch.Tensor:
     """``num_samples`` clips of ``clip_shape = (C, T, H, W)``: float ``(N, C, T, H, W)`` on the CPU.
 
+    With an autoencoder the model samples latents of the clip (given frames are encoded, their
+    mask taken to latent frames) and each batch is decoded before the next, so decode memory
+    stays that of one batch.
+
     Clip ``i`` starts from noise seeded by ``(seed, i)`` alone (``(seed, i, window_index)`` for
     later windows of a long video), so deterministic samplers give the same clip for any
     ``num_samples`` and ``batch_size``; the noise stochastic samplers add along the way is
@@ -85,25 +89,28 @@ def sample_videos(
     device = model.device
     dtype = AUTOCAST_DTYPES[precision]
     key = (window_index,) if window_index else ()
+    autoencoder = model.autoencoder
+    latent_shape = autoencoder.latent_shape(clip_shape)  # clip_shape itself in pixel space
     clips = []
     for start in range(0, num_samples, batch_size):
         stop = min(start + batch_size, num_samples)
         x_T = torch.stack(
             [
                 model.diffusion.noise(
-                    (1, *clip_shape), torch.Generator().manual_seed(clip_seed(seed, 0, i, *key))
+                    (1, *latent_shape), torch.Generator().manual_seed(clip_seed(seed, 0, i, *key))
                 )[0]
                 for i in range(start, stop)
             ]
         ).to(device)
         y = None if labels is None else torch.tensor(labels[start:stop], device=device)
-        given = None
+        given = latent_given = None
         if context is not None:
             given = (context[0][start:stop].to(device), context[1][start:stop].to(device))
+            latent_given = (autoencoder.encode(given[0]), autoencoder.latent_mask(given[1]))
         generator = torch.Generator(device=device).manual_seed(clip_seed(seed, 1, start, *key))
         autocast = torch.autocast(device.type, dtype) if dtype else contextlib.nullcontext()
         with autocast:
-            videos = model.generate(
+            latents = model.generate(
                 sampler,
                 tuple(x_T.shape),
                 labels=y,
@@ -111,9 +118,13 @@ def sample_videos(
                 generator=generator,
                 progress=progress,
                 x_T=x_T,
-                context=given,
+                context=latent_given,
                 interrupt=interrupt,
             )
+        videos = autoencoder.decode(latents)
+        if given is not None and autoencoder.fingerprint is not None:
+            # Given frames come back as they were, not through the autoencoder's round trip.
+            videos = torch.where(given[1][:, None, :, None, None], given[0].float(), videos.float())
         clips.append(videos.float().cpu())
     return torch.cat(clips)
 

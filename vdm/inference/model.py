@@ -11,6 +11,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from vdm.autoencoders import Autoencoder, PixelSpace
 from vdm.diffusion.flow import FlowMatching
 from vdm.diffusion.process import GaussianDiffusion
 from vdm.diffusion.samplers import guided
@@ -33,6 +34,7 @@ class Generative(Protocol):
 
     denoiser: nn.Module
     diffusion: Process
+    autoencoder: Autoencoder
 
     @property
     def device(self) -> torch.device: ...
@@ -138,13 +140,19 @@ def interruptible(model_fn: Callable[..., torch.Tensor], interrupt: Callable[[],
 
 
 class DenoiserHolder:
-    """What a module holding ``denoiser`` and ``diffusion`` offers, shared by
+    """What a module holding ``denoiser``, ``diffusion`` and ``autoencoder`` offers, shared by
     :class:`DiffusionModel` and the Lightning module: its class count, whether it takes given
-    frames, the denoiser's forward and :func:`generate`. Put it before ``nn.Module`` in the
-    bases."""
+    frames, the denoiser's forward and :func:`generate` (in latent space: callers go through
+    :func:`~vdm.inference.generation.sample_videos`, which encodes and decodes). Put it before
+    ``nn.Module`` in the bases.
+
+    The autoencoder is a plain attribute, not a sub-module: it is frozen, never in the
+    optimizer and never in the state dict (a checkpoint names it by its fingerprint instead).
+    """
 
     denoiser: nn.Module
     diffusion: Process
+    autoencoder: Autoencoder = PixelSpace()
 
     @property
     def num_classes(self) -> int:
@@ -166,8 +174,9 @@ class DenoiserHolder:
         return self.denoiser(x, t, labels, context=context)
 
     def generate(self, sampler: SamplingLoop, shape: tuple[int, ...], **options) -> torch.Tensor:
-        """Sample videos ``shape = (N, C, T, H, W)`` in [-1, 1] with the current weights
-        (:func:`generate`: labels, guidance, generator, context, ...)."""
+        """Sample the denoiser's space, ``shape = (N, C, T, H, W)`` (latents with an
+        autoencoder, videos in [-1, 1] without), with the current weights (:func:`generate`:
+        labels, guidance, generator, context, ...)."""
         return generate(self.denoiser, self.diffusion, sampler, shape, **options)
 
 
@@ -185,12 +194,17 @@ class DiffusionModel(DenoiserHolder, nn.Module):
     Args:
         denoiser: ``UNet3D``, ``SpaceTimeTransformer`` or any module with their ``forward``.
         diffusion: the process it was trained with (``GaussianDiffusion`` or ``FlowMatching``).
+        autoencoder: the frozen autoencoder whose latents it was trained on (None: pixels).
     """
 
-    def __init__(self, denoiser: nn.Module, diffusion: Process) -> None:
+    def __init__(
+        self, denoiser: nn.Module, diffusion: Process, autoencoder: Autoencoder | None = None
+    ) -> None:
         super().__init__()
         self.denoiser = denoiser
         self.diffusion = diffusion
+        if autoencoder is not None:
+            self.autoencoder = autoencoder
 
     @property
     def device(self) -> torch.device:

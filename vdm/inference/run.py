@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vdm.autoencoders import check_same_autoencoder
 from vdm.data.dataset import read_video_start
 from vdm.diffusion.sampling_loop import SamplingLoop
 from vdm.errors import UserError
 from vdm.files.checkpoint import load_checkpoint
-from vdm.inference.build import build_diffusion, build_model, build_sampler
+from vdm.inference.build import build_autoencoder, build_diffusion, build_model, build_sampler
 from vdm.inference.generation import sample_videos, sampler_name
 from vdm.inference.model import DiffusionModel
 
@@ -67,8 +68,9 @@ class LoadedRun:
     def clip_shape(self, frames: int | None = None) -> tuple[int, int, int, int]:
         """``(C, T, H, W)`` of the run's clips, with ``frames`` frames (None: the training
         clip length)."""
-        size = self.config.data.size
-        return (self.config.model.in_channels, frames or self.config.data.clip_len, size, size)
+        data = self.config.data
+        channels = data.get("channels", self.config.model.in_channels)
+        return (channels, frames or data.clip_len, data.size, data.size)
 
     def guidance(self, scale: float | None = None) -> float:
         """``scale``, or by default the run's sample-video guidance for conditional models and 1
@@ -150,7 +152,9 @@ def load_run(ckpt_path: str | Path, device: torch.device | str = "cpu") -> Loade
     """
     checkpoint = load_checkpoint(ckpt_path)
     config = OmegaConf.create(current_targets(checkpoint["hyper_parameters"]))
-    model = DiffusionModel(build_model(config), build_diffusion(config))
+    autoencoder = build_autoencoder(config)
+    check_same_autoencoder(checkpoint.get("autoencoder"), autoencoder, f"ckpt_path={ckpt_path}")
+    model = DiffusionModel(build_model(config), build_diffusion(config), autoencoder)
     state = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("denoiser.")}
     try:
         model.load_state_dict(state)

@@ -7,22 +7,49 @@ import logging
 import netrc
 import os
 
-from lightning import Callback, Trainer
+from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vdm.diffusion.context import ContextMasks
-from vdm.inference.build import build_diffusion, build_model, instantiate_config
+from vdm.inference.build import (
+    build_autoencoder,
+    build_diffusion,
+    build_model,
+    instantiate_config,
+)
+from vdm.training.autoencoder_module import AutoencoderModule
 from vdm.training.lightning_internals import wandb_offline_dir
 from vdm.training.module import VideoDiffusionModule
 
 log = logging.getLogger(__name__)
 
 
-def build_module(cfg: DictConfig) -> VideoDiffusionModule:
-    """The LightningModule, storing the resolved plain config for checkpoints."""
+def is_autoencoder_task(cfg: DictConfig) -> bool:
+    """Whether the run trains vdm's video VAE (``task=autoencoder``) rather than a denoiser."""
+    return OmegaConf.select(cfg, "task", default="diffusion") == "autoencoder"
+
+
+def build_module(cfg: DictConfig) -> VideoDiffusionModule | AutoencoderModule:
+    """The LightningModule of ``cfg.task``, storing the resolved plain config for checkpoints."""
+    if is_autoencoder_task(cfg):
+        log.info("Instantiating VAE <%s>", cfg.vae._target_)
+        return AutoencoderModule(
+            vae=instantiate_config(cfg.vae, "vae", _convert_="all"),
+            optimizer=instantiate_config(cfg.optimizer, "optimizer"),
+            lr_scheduler=(
+                instantiate_config(cfg.lr_scheduler, "lr_scheduler")
+                if cfg.get("lr_scheduler")
+                else None
+            ),
+            reconstruction=cfg.vae_loss.reconstruction,
+            kl_weight=cfg.vae_loss.kl_weight,
+            seed=cfg.seed,
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )
+    autoencoder = build_autoencoder(cfg)  # first: it fills in the latent geometry of the config
     return VideoDiffusionModule(
         denoiser=build_model(cfg),
         diffusion=build_diffusion(cfg),
@@ -36,6 +63,7 @@ def build_module(cfg: DictConfig) -> VideoDiffusionModule:
         seed=cfg.seed,
         config=OmegaConf.to_container(cfg, resolve=True),
         context_masks=build_context_masks(cfg),
+        autoencoder=autoencoder,
     )
 
 
@@ -48,14 +76,25 @@ def build_context_masks(cfg: DictConfig) -> ContextMasks | None:
     return instantiate_config(masks, "context.masks")
 
 
+# Callbacks that only one task uses: the other leaves them out.
+TASK_CALLBACKS = {
+    "diffusion": ("sample_videos", "ema"),  # a VAE has no samples and is used as trained
+    "autoencoder": ("reconstruction_videos",),
+}
+
+
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
-    """One callback per entry of ``cfg.callbacks`` (null entries are off).
+    """One callback per entry of ``cfg.callbacks`` (null entries are off), less those of the
+    other task (:data:`TASK_CALLBACKS`).
 
     Weight averaging goes last, so that at the end of validation the other callbacks (sample
     videos) still see the averaged weights before it swaps the training weights back.
     """
     callbacks = []
+    other_task = TASK_CALLBACKS["diffusion" if is_autoencoder_task(cfg) else "autoencoder"]
     for name, conf in (cfg.get("callbacks") or {}).items():
+        if name in other_task:
+            continue
         if conf is not None and "_target_" in conf:
             log.info("Instantiating callback %s <%s>", name, conf._target_)
             callbacks.append(instantiate_config(conf, f"callbacks.{name}"))
@@ -98,10 +137,11 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
 
 
 @rank_zero_only
-def log_run_info(cfg: DictConfig, module: VideoDiffusionModule, trainer: Trainer) -> None:
-    """Log the resolved config and the parameter counts to every logger."""
-    params = sum(p.numel() for p in module.denoiser.parameters())
-    trainable = sum(p.numel() for p in module.denoiser.parameters() if p.requires_grad)
+def log_run_info(cfg: DictConfig, module: LightningModule, trainer: Trainer) -> None:
+    """Log the resolved config and the parameter counts (of the trained network: a frozen
+    autoencoder is not the module's) to every logger."""
+    params = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     info = {"model/params": params, "model/params_trainable": trainable}
     for logger in trainer.loggers:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **info})

@@ -11,6 +11,7 @@ import torch
 from lightning import LightningModule
 from torch import nn
 
+from vdm.autoencoders import Autoencoder, check_same_autoencoder, sample_posterior
 from vdm.diffusion.context import ContextMasks
 from vdm.diffusion.flow import FlowMatching
 from vdm.diffusion.process import GaussianDiffusion
@@ -55,6 +56,10 @@ class VideoDiffusionModule(DenoiserHolder, LightningModule):
         seed: seed of the per-step randomness.
         config: the resolved, plain run configuration to store in checkpoints (so that
             ``python -m vdm.sample`` can rebuild the model); primitives only, never modules.
+        autoencoder: train on its latents (None: pixel space). Batches hold ``video`` (encoded
+            here, a fresh posterior sample every step) or the cached posterior
+            ``latents_mean`` / ``latents_std``. Checkpoints record its fingerprint under
+            ``"autoencoder"`` and resuming with another is refused.
     """
 
     def __init__(
@@ -67,8 +72,11 @@ class VideoDiffusionModule(DenoiserHolder, LightningModule):
         seed: int = 0,
         config: dict | None = None,
         context_masks: ContextMasks | None = None,
+        autoencoder: Autoencoder | None = None,
     ) -> None:
         super().__init__()
+        if autoencoder is not None:
+            self.autoencoder = autoencoder  # a plain attribute: frozen, not in the state dict
         self.save_hyperparameters(config or {}, logger=False)
         self.denoiser = denoiser
         self.diffusion = diffusion
@@ -109,8 +117,15 @@ class VideoDiffusionModule(DenoiserHolder, LightningModule):
             )
         return batch["label"]
 
+    def _clean(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """What the denoiser learns to produce: the batch's video, or its latents (a posterior
+        sample drawn from ``generator``; pixel space draws nothing)."""
+        if "latents_mean" in batch:
+            return sample_posterior(batch["latents_mean"], batch["latents_std"], generator)
+        return self.autoencoder.encode(batch["video"], generator)
+
     def _loss(self, batch: dict, generator: torch.Generator, dropout: float):
-        video = batch["video"]
+        video = self._clean(batch, generator)
         b = video.shape[0]
         labels = self._labels(batch)
         if labels is not None and dropout > 0:
@@ -148,6 +163,13 @@ class VideoDiffusionModule(DenoiserHolder, LightningModule):
         generator = self._generator(1, batch_idx, self.global_rank)
         loss, _, _ = self._loss(batch, generator, dropout=0.0)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["video"]))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.autoencoder.fingerprint is not None:  # pixel-space checkpoints stay as they were
+            checkpoint["autoencoder"] = self.autoencoder.fingerprint
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_same_autoencoder(checkpoint.get("autoencoder"), self.autoencoder, "ckpt_path")
 
     def configure_optimizers(self) -> dict:
         model = self.trainer.model if attached_trainer(self) is not None else self

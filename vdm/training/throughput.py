@@ -19,6 +19,16 @@ from vdm.training.flops import compute_dtype, peak_flops, training_flops_per_cli
 log = logging.getLogger(__name__)
 
 
+def denoiser_input_shape(pl_module: LightningModule, batch: dict) -> tuple[int, ...]:
+    """``(C, T, H, W)`` of what the denoiser sees per clip: the video, or its latents (cached,
+    or the autoencoder's latent shape of the video)."""
+    if "latents_mean" in batch:
+        return tuple(batch["latents_mean"].shape[1:])
+    clip = tuple(batch["video"].shape[1:])
+    autoencoder = getattr(pl_module, "autoencoder", None)
+    return autoencoder.latent_shape(clip) if autoencoder is not None else clip
+
+
 class Mark(NamedTuple):
     """The state of the run at the end of an optimizer step."""
 
@@ -129,7 +139,7 @@ class ThroughputLog(Callback):
             self.paused_since = None
         if not self.counted:
             self.counted = True
-            self.flops_per_clip = self.count(pl_module, tuple(batch["video"].shape[1:]))
+            self.flops_per_clip = self.count(pl_module, denoiser_input_shape(pl_module, batch))
 
     def count(self, pl_module: LightningModule, clip_shape: tuple[int, ...]) -> int | None:
         """Model FLOPs of one clip's training step, or None (with a warning) if they cannot be
@@ -153,7 +163,7 @@ class ThroughputLog(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs, batch: dict, batch_idx: int
     ) -> None:
-        self.clips += len(batch["video"])
+        self.clips += len(next(iter(batch.values())))
         step = trainer.global_step
         if step == self.last_step:  # accumulating gradients: not an optimizer step yet
             return
