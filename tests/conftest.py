@@ -131,3 +131,48 @@ def compose_config(name: str, *overrides: str):
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(name, overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def vae_ckpt(tmp_path_factory) -> Path:
+    """A checkpoint of vdm's video VAE (python train.py task=autoencoder, debug=fast), 2 steps."""
+    return train_tiny(tmp_path_factory.mktemp("trained") / "vae", 3, "task=autoencoder")
+
+
+@pytest.fixture(scope="session")
+def latent_ckpt(tmp_path_factory, vae_ckpt) -> Path:
+    """A 3-class context=mixed checkpoint of the tiny U-Net trained on ``vae_ckpt``'s latents."""
+    return train_tiny(
+        tmp_path_factory.mktemp("trained") / "latent", 3, "autoencoder=vdm",
+        f"autoencoder.ckpt_path={vae_ckpt}", "context=mixed",
+    )  # fmt: skip
+
+
+def tiny_kl_vae(folder: Path) -> Path:
+    """A tiny diffusers ``AutoencoderKL`` (spatial factor 2, 4 channels, the SD scaling 0.18215)
+    saved into ``folder``, built from constructor arguments (nothing downloaded)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    blocks = dict(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    vae = AutoencoderKL(block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4,
+                        layers_per_block=1, **blocks)  # fmt: skip
+    vae.save_pretrained(folder)
+    return folder
+
+
+def tiny_wan_vae(folder: Path) -> Path:
+    """A tiny diffusers ``AutoencoderKLWan`` (causal, 4×8×8, 4 channels, per-channel
+    ``latents_mean`` / ``latents_std``) saved into ``folder / "vae"`` as in a pipeline folder."""
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(
+        base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        temperal_downsample=[False, True, True], latents_mean=[0.1, -0.2, 0.3, 0.0],
+        latents_std=[2.0, 0.5, 1.0, 4.0],
+    )  # fmt: skip
+    vae.save_pretrained(folder / "vae")
+    return folder

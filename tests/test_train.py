@@ -75,16 +75,17 @@ def test_a_short_run_writes_checkpoints_samples_and_metrics(tmp_path, overrides)
 
 
 @pytest.mark.parametrize(
-    ("context", "accumulate", "diffusion"),
+    ("context", "accumulate", "diffusion", "latent"),
     [
-        ("none", 1, "ddpm"),
-        ("mixed", 1, "ddpm"),
-        pytest.param("none", 2, "ddpm", marks=pytest.mark.slow),
-        pytest.param("mixed", 1, "flow", marks=pytest.mark.slow),
+        ("none", 1, "ddpm", False),
+        ("mixed", 1, "ddpm", False),
+        ("mixed", 1, "ddpm", True),
+        pytest.param("none", 2, "ddpm", False, marks=pytest.mark.slow),
+        pytest.param("mixed", 1, "flow", False, marks=pytest.mark.slow),
     ],
 )
 def test_resumed_run_ends_exactly_where_the_uninterrupted_one_does(
-    tmp_path, context, accumulate, diffusion
+    tmp_path, request, context, accumulate, diffusion, latent
 ):
     """Interrupt at step 3, mid-epoch (8 batches per epoch), with EMA updating from step 1.
 
@@ -93,9 +94,11 @@ def test_resumed_run_ends_exactly_where_the_uninterrupted_one_does(
     context=mixed each step's given frames are drawn from the step's seed too.
     With 2 batches per step the checkpoint still falls between steps (val_check_interval counts
     steps), and the second epoch starts in the middle of the run. Rectified flow draws its
-    (logit-normal) times from the step's seed as DDPM draws its steps.
+    (logit-normal) times from the step's seed as DDPM draws its steps. On a VAE's latents, each
+    step's posterior samples come from the step's seed too.
     """
-    common = [
+    vae = [f"autoencoder.ckpt_path={request.getfixturevalue('vae_ckpt')}"] if latent else []
+    common = [*(["autoencoder=vdm"] if latent else []), *vae,
         "callbacks.ema.update_starting_at_step=1",
         "trainer.val_check_interval=3",
         "lr_scheduler.total_steps=6",

@@ -91,8 +91,9 @@ def normalisation(vae: torch.nn.Module) -> tuple[torch.Tensor | float, torch.Ten
     scaling = config.get("scaling_factor") or 1.0
     mean = config.get("latents_mean")
     std = config.get("latents_std")
-    if mean is None and isinstance(getattr(vae, "latents_mean", None), torch.Tensor):
-        mean, std = vae.latents_mean, vae.latents_std  # LTX-Video keeps them as buffers
+    buffers = dict(vae.named_buffers(recurse=False))
+    if mean is None and "latents_mean" in buffers:  # LTX-Video keeps them as buffers
+        mean, std = buffers["latents_mean"], buffers["latents_std"]
     if mean is not None and std is not None:
         mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
         std = torch.as_tensor(std, dtype=torch.float32).flatten()

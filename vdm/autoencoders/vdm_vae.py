@@ -46,7 +46,7 @@ def vae_from_checkpoint(ckpt_path: str | Path, key: str = KEY) -> VideoVAE:
     path = verify_checkpoint_file(ckpt_path, key)
     checkpoint = load_plain(path, key)
     config = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
-    if not isinstance(config.get("vae"), dict):
+    if config.get("task") != "autoencoder" or not isinstance(config.get("vae"), dict):
         raise UserError(
             f"{key}={path} is not a checkpoint of vdm's VAE (python train.py task=autoencoder); "
             "a diffusion run's checkpoint goes in ckpt_path=, a published VAE in "

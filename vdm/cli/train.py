@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from lightning import Trainer
 from omegaconf import DictConfig, OmegaConf
 
+from vdm.autoencoders.base import describe
 from vdm.cli.checks import check_train_config
 from vdm.cli.errors import exit_code, user_errors_in_one_line
 from vdm.cli.optimization_checks import optimizer_mismatch
@@ -37,7 +38,9 @@ def check_resume(cfg: DictConfig) -> None:
     """Fail early, in one line, when ``ckpt_path`` cannot resume this run's model."""
     if not cfg.get("ckpt_path"):
         return
-    config = load_checkpoint(cfg.ckpt_path)["hyper_parameters"]
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    config = checkpoint["hyper_parameters"]
+    check_resume_autoencoder(cfg, checkpoint.get("autoencoder"))
     stored = config["model"]
     differs = model_config_mismatch(stored, OmegaConf.to_container(cfg.model, resolve=True))
     if differs:
@@ -60,6 +63,28 @@ def check_resume(cfg: DictConfig) -> None:
             "optimizer state (start a new run to change them)",
             ", optimizer.".join(changed),
         )
+
+
+OPTIONS = {"load_vdm_autoencoder": "vdm", "load_diffusers_autoencoder": "diffusers"}
+
+
+def check_resume_autoencoder(cfg: DictConfig, stored: dict | None) -> None:
+    """Refuse, before any work, to resume latents of another geometry or pixels as latents (the
+    weights' fingerprint itself is compared when Lightning loads the checkpoint)."""
+    current = OmegaConf.to_container(cfg.get("autoencoder") or {}, resolve=True)
+    pixels = not current or str(current.get("_target_", "")).endswith("PixelSpace")
+    keys = ("latent_channels", "spatial_factor", "temporal_factor")
+    if stored is None and pixels:
+        return
+    if stored is not None and not pixels and all(stored.get(k) == current.get(k) for k in keys):
+        return
+    option = str(current.get("_target_", "")).rsplit(".", 1)[-1]
+    now = "pixels (autoencoder=none)" if pixels else f"autoencoder={OPTIONS.get(option, option)}"
+    was = describe(stored)
+    raise UserError(
+        f"ckpt_path={cfg.ckpt_path}: trained on {was}, not on {now}: resume with the autoencoder "
+        "it was trained with (its run config's autoencoder=...)."
+    )
 
 
 def run_folder_lock(cfg: DictConfig) -> AbstractContextManager[None]:

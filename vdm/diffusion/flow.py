@@ -37,7 +37,9 @@ def shift_for(frames: int, height: int, width: int, base_pixels: int = 32 * 32 *
     image (SD3 §5.3.2: the SNR of a mean over n pixels grows n-fold), so keeping the same
     difficulty needs noise levels ``sqrt(n)`` times higher in odds: exactly ``shift = sqrt(n)``
     in ``t/(1 − t)``. The base is vdm's default clip (8 frames of 32²), trained with shift 1;
-    16 × 64² gives 2.83, Open-Sora's 3 at similar sizes.
+    16 × 64² gives 2.83, Open-Sora's 3 at similar sizes. In latent space count the latents'
+    positions (``T' × H' × W'`` of the autoencoder's latent shape), not the pixels: a 16 × 64²
+    clip through vdm's VAE (spatial factor 4) is 16 × 16², shift 0.71.
     """
     return math.sqrt(frames * height * width / base_pixels)
 

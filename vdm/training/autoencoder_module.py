@@ -45,7 +45,7 @@ class AutoencoderModule(LightningModule):
         vae: VideoVAE,
         optimizer: Callable[..., torch.optim.Optimizer],
         lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
-        reconstruction: str = "l1",
+        reconstruction: str = "l2",
         kl_weight: float = 1e-4,
         seed: int = 0,
         config: dict | None = None,
