@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import functools
 import inspect
 import logging
@@ -130,6 +132,9 @@ class VideoDataModule(LightningDataModule):
         self.num_classes, self.channels = num_classes, channels
         self.train_set: VideoClipDataset | None = None
         self.val_set: VideoClipDataset | None = None
+        # Set by the training task: ``(training set, trainer) -> the set to train on`` (its
+        # latent cache); None trains on the decoded clips.
+        self.training_set_as: Callable | None = None
 
     # Read-only views of the dataset options that models, renderers and configs ask for.
     @property
@@ -192,6 +197,8 @@ class VideoDataModule(LightningDataModule):
                 found,
                 self.root,
             )
+            if self.training_set_as is not None:  # e.g. its latent cache (validation stays video)
+                self.train_set = self.training_set_as(self.train_set, self.trainer)
         if stage == "fit":
             self._check_a_batch_per_device()
 

@@ -4,6 +4,7 @@ with a config from Hydra's compose API."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 
@@ -27,6 +28,7 @@ from vdm.training.build import (
     steps_as_batches,
 )
 from vdm.training.guards import CheckpointOnSignal
+from vdm.training.latent_cache import cached_training_set
 from vdm.training.lightning_internals import trained_in_this_process
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,21 @@ class RunStopped(Exception):
         self.signum, self.step = signum, step
 
 
+def use_latent_cache(cfg: DictConfig, datamodule: LightningDataModule, module) -> None:
+    """With an autoencoder and ``latents.cache=true``, train on the training set's latent cache
+    (built in the data module's setup, by every rank); else the module encodes every batch."""
+    autoencoder = getattr(module, "autoencoder", None)
+    if autoencoder is None or autoencoder.fingerprint is None:
+        return
+    options = dict(cfg.get("latents") or {})
+    if not options.pop("cache", False):
+        log.info("latents.cache=false: encoding every training batch with the autoencoder")
+        return
+    datamodule.training_set_as = functools.partial(
+        cached_training_set, autoencoder=autoencoder, options=options
+    )
+
+
 def fit(cfg: DictConfig) -> Trainer:
     """Train as ``cfg`` says and return the trainer (its ``callback_metrics`` hold the last
     logged values).
@@ -72,6 +89,7 @@ def fit(cfg: DictConfig) -> Trainer:
     log.info("Instantiating data <%s>", cfg.data._target_)
     datamodule: LightningDataModule = instantiate_config(cfg.data, "data")
     module = build_module(cfg)
+    use_latent_cache(cfg, datamodule, module)
     if cfg.get("compile"):
         compile_denoiser(module)
     callbacks = build_callbacks(cfg)
