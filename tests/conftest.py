@@ -148,16 +148,18 @@ def latent_ckpt(tmp_path_factory, vae_ckpt) -> Path:
     )  # fmt: skip
 
 
-def tiny_kl_vae(folder: Path) -> Path:
-    """A tiny diffusers ``AutoencoderKL`` (spatial factor 2, 4 channels, the SD scaling 0.18215)
-    saved into ``folder``, built from constructor arguments (nothing downloaded)."""
+def tiny_kl_vae(folder: Path, levels: int = 2) -> Path:
+    """A tiny diffusers ``AutoencoderKL`` (spatial factor ``2 ** (levels - 1)``: 8 as the SD VAE
+    with 4; 4 channels, the SD scaling 0.18215) saved into ``folder``, built from constructor
+    arguments (nothing downloaded)."""
     import torch
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    blocks = dict(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
-    vae = AutoencoderKL(block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4,
-                        layers_per_block=1, **blocks)  # fmt: skip
+    blocks = dict(down_block_types=("DownEncoderBlock2D",) * levels,
+                  up_block_types=("UpDecoderBlock2D",) * levels)  # fmt: skip
+    vae = AutoencoderKL(block_out_channels=(8, 16, 16, 16)[:levels], latent_channels=4,
+                        norm_num_groups=4, layers_per_block=1, **blocks)  # fmt: skip
     vae.save_pretrained(folder)
     return folder
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, compose_run
+from conftest import CONF, compose_run, tiny_kl_vae, tiny_wan_vae
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 
 from vdm.cli.checks import ConfigError, check_train_config
 from vdm.cli.train import run
-from vdm.training.build import build_callbacks, build_loggers, build_module
+from vdm.inference.build import fill_autoencoder_geometry
+from vdm.training.build import TASK_CALLBACKS, build_callbacks, build_loggers, build_module
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -198,9 +199,17 @@ GROUP_OPTIONS = sorted(
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
 def test_every_option_of_every_group_composes_and_instantiates(
-    tmp_path, shared_videos, group, option
+    tmp_path, request, shared_videos, group, option
 ):
     overrides = [f"{group}={option}"]
+    if (group, option) == ("autoencoder", "vdm"):
+        overrides.append(f"autoencoder.ckpt_path={request.getfixturevalue('vae_ckpt')}")
+    if (group, option) == ("autoencoder", "diffusers"):
+        overrides.append(f"autoencoder.path={tiny_kl_vae(tmp_path / 'kl')}")
+    if option == "ucf101_latent":  # the SD VAE's geometry: 8×8, 4 channels
+        overrides.append(f"autoencoder.path={tiny_kl_vae(tmp_path / 'kl', levels=4)}")
+    if option == "ucf101_wan_latent":
+        overrides.append(f"autoencoder.path={tiny_wan_vae(tmp_path / 'wan')}")
     if (group == "data" and option == "folder") or group == "experiment":
         overrides.append(f"data.root={shared_videos / 'real'}")
     if group in ("trainer", "experiment"):  # this machine has no GPU: build them on CPU
@@ -219,12 +228,23 @@ def test_every_option_of_every_group_composes_and_instantiates(
         with pytest.raises(ConfigError, match="sampler=checkpoint picks a trained run's"):
             check_train_config(cfg)
         return
+    fill_autoencoder_geometry(cfg)
     check_train_config(cfg)
+    if group == "vae" or option == "reconstruction_videos":  # task=autoencoder's
+        cfg.task = "autoencoder"
 
     def built(target: str) -> str:
         return target.rsplit(".", 1)[1]
 
     module = build_module(cfg)
+    if cfg.task == "autoencoder":
+        assert type(module.vae).__name__ == built(cfg.vae._target_)
+        assert module.hparams["vae"] == OmegaConf.to_container(cfg.vae, resolve=True)
+        assert "ReconstructionVideos" in {type(c).__name__ for c in build_callbacks(cfg)}
+        return
+    if group == "autoencoder":
+        loaded = {"none": "PixelSpace", "vdm": "VdmAutoencoder", "diffusers": "DiffusersAutoencoder"}
+        assert type(module.autoencoder).__name__ == loaded[option]
     assert type(module.denoiser).__name__ == built(cfg.model._target_)
     assert type(module.diffusion).__name__ == built(cfg.diffusion._target_)
     assert module.hparams["model"] == OmegaConf.to_container(cfg.model, resolve=True)
@@ -234,7 +254,11 @@ def test_every_option_of_every_group_composes_and_instantiates(
         cfg.data.clip_len, cfg.data.size, cfg.data.batch_size, cfg.data.seed
     )  # fmt: skip
     callbacks = build_callbacks(cfg)
-    expected = sorted(built(c._target_) for c in cfg.callbacks.values() if c is not None)
+    expected = sorted(
+        built(c._target_)
+        for name, c in cfg.callbacks.items()
+        if c is not None and name not in TASK_CALLBACKS["autoencoder"]
+    )
     assert sorted(type(c).__name__ for c in callbacks) == expected
     for samples in (c for c in callbacks if type(c).__name__ == "SampleVideos"):
         assert type(samples.sampler).__name__ == built(cfg.sampler._target_)
