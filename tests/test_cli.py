@@ -438,3 +438,40 @@ def test_a_rectified_flow_run_samples_with_euler_and_heun(tmp_path):
     )  # fmt: skip
     assert wrong.returncode == 1
     assert wrong.stderr.strip().splitlines()[-1].endswith("use sampler=euler or sampler=heun.")
+
+
+def test_latent_diffusion_from_vae_training_to_evaluation(tmp_path):
+    """README "Latent diffusion": ``python train.py task=autoencoder ...``, then
+    ``python train.py autoencoder=vdm autoencoder.ckpt_path=... debug=fast``, then
+    ``vdm.sample`` and ``vdm.evaluate task=predict`` on that checkpoint."""
+    cache = {"VDM_CACHE_DIR": str(tmp_path / "cache")}
+    train(tmp_path / "vae", "task=autoencoder", "debug=fast", "trainer.max_steps=6", "run_name=vae")
+    vae = tmp_path / "vae" / "logs" / "runs" / "vae" / "checkpoints" / "last.ckpt"
+    assert vae.is_file(), list((tmp_path / "vae").rglob("*.ckpt"))
+    assert list((vae.parents[1] / "samples").glob("step_*/grid.gif"))  # input | reconstruction
+    env = {**os.environ, **cache}
+    result = subprocess.run(
+        [sys.executable, "train.py", "autoencoder=vdm", f"autoencoder.ckpt_path={vae}", "debug=fast",
+         "context=mixed", "run_name=latent", f"paths.log_dir={tmp_path / 'logs'}",
+         f"paths.data_dir={tmp_path / 'data'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Latent cache ready" in result.stdout + result.stderr
+    ckpt = tmp_path / "logs" / "runs" / "latent" / "checkpoints" / "last.ckpt"
+    sampled = subprocess.run(
+        [sys.executable, "-m", "vdm.sample", f"ckpt_path={ckpt}", "num_samples=2", "sampler.steps=3"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert sampled.returncode == 0, sampled.stderr[-3000:]
+    videos = np.load(next(ckpt.parents[1].glob("samples/last-*/samples.npz")))["videos"]
+    assert videos.shape == (2, 8, 32, 32, 3) and videos.dtype == np.uint8  # pixels, decoded
+    out = tmp_path / "predict.json"
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "vdm.evaluate", f"ckpt_path={ckpt}", "task=predict", "num_samples=1",
+         "num_clips=2", "sampler.steps=2", f"out={out}"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+        env={**env, "VDM_DATA_DIR": str(tmp_path / "data")},
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert json.loads(out.read_text())["protocol"]["num_clips"] == 2
