@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ COLOURS = np.array(list(PALETTE.values()), dtype=np.float64)  # (6, 3)
 # channel and the background is 0, so the threshold sits between with room for sampling noise.
 FOREGROUND = 110
 MIN_BLOB = 6  # pixels; smaller specks are sampling noise, not objects
-MATCH_RADIUS = 3  # px; objects move at most 2.5 px a frame at 32²
+MATCH_RADIUS = 3  # px at 32², where objects move at most 2.5 px a frame; scaled with the size
 
 
 def palette_labels(frames: np.ndarray) -> np.ndarray:
@@ -105,8 +106,10 @@ def empty_share(labels: np.ndarray) -> float:
     return float(np.mean([not blob_purities(frame[None])[1] for frame in labels]))
 
 
-def score(clips: list[np.ndarray]) -> dict[str, float]:
-    """The five scores over uint8 clips ``(T, H, W, 3)``."""
+def score(clips: list[np.ndarray], size: int = 32) -> dict[str, float]:
+    """The five scores over uint8 clips ``(T, H, W, 3)`` of ``size`` px (objects move
+    ``size / 32`` times farther per frame at larger sizes: so does the frame-match radius)."""
+    radius = max(MATCH_RADIUS, math.ceil(MATCH_RADIUS * size / 32))
     labels = [palette_labels(clip) for clip in clips]
     purities, sizes = [], []
     for clip in labels:
@@ -118,7 +121,7 @@ def score(clips: list[np.ndarray]) -> dict[str, float]:
         "clips": len(clips),
         "purity": float(np.average(purities, weights=sizes)) if sizes else float("nan"),
         "one-colour": float((purities >= 0.9).mean()) if sizes else float("nan"),
-        "frame match": finite_mean([frame_match(c) for c in labels]),
+        "frame match": finite_mean([frame_match(c, radius) for c in labels]),
         "colour stability": finite_mean([colour_stability(c) for c in labels]),
         "empty frames": float(np.mean([empty_share(c) for c in labels])),
     }
@@ -179,12 +182,12 @@ def main() -> None:
     folders = sample_folders(args.dirs)
     if not folders:  # make bench runs this with no arguments, also before any training
         print("no sample clips found (train first: python train.py); the real references only")
-    rows = [(str(f), score(read_samples(f, args.size))) for f in folders]
+    rows = [(str(f), score(read_samples(f, args.size), args.size)) for f in folders]
     frames = read_samples(folders[0], args.size)[0].shape[0] if folders else 8
     real = real_clips(args.real, args.size, frames)
     rows += [
-        ("real clips", score(real)),
-        ("real frames, shuffled across clips", score(shuffled(real))),
+        ("real clips", score(real, args.size)),
+        ("real frames, shuffled across clips", score(shuffled(real), args.size)),
     ]
     keys = ["clips", "purity", "one-colour", "frame match", "colour stability", "empty frames"]
     print(header())

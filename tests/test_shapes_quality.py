@@ -110,3 +110,11 @@ def test_sample_folders_are_found_from_a_run_and_a_path_without_clips_is_an_erro
     # a path is an error on its own, even when an earlier path found clips inside it
     with pytest.raises(SystemExit, match=f"no sample clips under {tmp_path}:"):
         sample_folders([str(expected[0]), str(tmp_path)])
+
+
+@pytest.mark.parametrize(("size", "share"), [(32, 4 / 6), (64, 1.0)])
+def test_the_frame_match_radius_grows_with_the_frame_size(size, share):
+    """At 64² objects move twice as far per frame: a 5-px jump of a 6-px square misses columns
+    9..10 of reach 3 at 32², and is matched whole with reach 6 at 64²."""
+    clip = square_clip([RED] * 2, [0, 5], size=size)
+    assert score([clip], size)["frame match"] == pytest.approx(share)
