@@ -243,3 +243,22 @@ def test_sampling_through_an_image_vae_decodes_each_batch(kl_folder):
     videos = sample_videos(model, DDIMSampler(2), (3, 4, 16, 16), None, num_samples=3, batch_size=2)
     assert videos.shape == (3, 3, 4, 16, 16)
     assert decoded == [(2, 4, 4, 8, 8), (1, 4, 4, 8, 8)]
+
+
+def test_a_moved_autoencoder_is_found_with_autoencoder_path_and_must_be_the_same(
+    latent_ckpt, vae_ckpt, conditional_ckpt, tmp_path
+):
+    import shutil
+
+    moved = tmp_path / "moved.ckpt"
+    shutil.copy(vae_ckpt, moved)
+    assert load_run(latent_ckpt, autoencoder_path=str(moved)).model.autoencoder.fingerprint == (
+        load_checkpoint(latent_ckpt)["autoencoder"]
+    )
+    other = load_checkpoint(vae_ckpt)
+    other["state_dict"]["vae.dec_out.bias"] = other["state_dict"]["vae.dec_out.bias"] + 0.01
+    torch.save(other, tmp_path / "other.ckpt")
+    with pytest.raises(UserError, match=r"VideoVAE \w{12}, not on the vdm autoencoder VideoVAE \w{12}"):
+        load_run(latent_ckpt, autoencoder_path=str(tmp_path / "other.ckpt"))
+    with pytest.raises(UserError, match="trained in pixel space"):
+        load_run(conditional_ckpt, autoencoder_path=str(moved))

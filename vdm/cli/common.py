@@ -19,7 +19,9 @@ def load_configured_run(cfg: DictConfig, command: str) -> LoadedRun:
         raise UserError(
             f"ckpt_path is missing: python -m {command} ckpt_path=<run dir>/checkpoints/last.ckpt"
         )
-    loaded = load_run(cfg.ckpt_path, resolve_device(cfg.device))
+    loaded = load_run(
+        cfg.ckpt_path, resolve_device(cfg.device), cfg.get("autoencoder_path") or None
+    )
     if cfg.get("compile"):
         compile_denoiser(loaded.model)
     return loaded

@@ -142,9 +142,16 @@ class LoadedRun:
         return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1
 
 
-def load_run(ckpt_path: str | Path, device: torch.device | str = "cpu") -> LoadedRun:
+def load_run(
+    ckpt_path: str | Path, device: torch.device | str = "cpu", autoencoder_path: str | None = None
+) -> LoadedRun:
     """Rebuild the denoiser and the diffusion of a training run and load its weights (the EMA
-    weights when the run kept them).
+    weights when the run kept them), with the autoencoder it was trained on (its fingerprint
+    must match the checkpoint's).
+
+    Args:
+        autoencoder_path: where that autoencoder lies now, if it moved (a diffusers folder or
+            a vdm VAE checkpoint); None = where the run's config says.
 
     Raises:
         FileNotFoundError: ``ckpt_path`` does not exist.
@@ -152,6 +159,8 @@ def load_run(ckpt_path: str | Path, device: torch.device | str = "cpu") -> Loade
     """
     checkpoint = load_checkpoint(ckpt_path)
     config = OmegaConf.create(current_targets(checkpoint["hyper_parameters"]))
+    if autoencoder_path:
+        moved_autoencoder(config, autoencoder_path)
     autoencoder = build_autoencoder(config)
     check_same_autoencoder(checkpoint.get("autoencoder"), autoencoder, f"ckpt_path={ckpt_path}")
     model = DiffusionModel(build_model(config), build_diffusion(config), autoencoder)
@@ -167,6 +176,18 @@ def load_run(ckpt_path: str | Path, device: torch.device | str = "cpu") -> Loade
     model.to(device).eval()
     weights = "EMA" if "current_model_state" in checkpoint else "training"
     return LoadedRun(model, config, weights, int(checkpoint.get("global_step", 0)))
+
+
+def moved_autoencoder(config: DictConfig, path: str) -> None:
+    """Point ``config``'s autoencoder at ``path`` (its folder or checkpoint key, whichever it has)."""
+    conf = OmegaConf.select(config, "autoencoder")
+    key = next((k for k in ("path", "ckpt_path") if conf is not None and k in conf), None)
+    if key is None:
+        raise UserError(
+            f"autoencoder_path={path}: this run was trained in pixel space (no autoencoder): "
+            "leave autoencoder_path unset."
+        )
+    conf[key] = str(path)
 
 
 def run_dir_of(ckpt_path: str | Path) -> Path:
