@@ -2,6 +2,12 @@
 hardware utilisation: the basis of the "~N days on 4 A100s" figure, stated instead of guessed.
 
     python bench/gpu_estimate.py [--experiment ucf101_unet3d --gpus 4 --peak-tflops 312 --mfu 0.35]
+    python bench/gpu_estimate.py --experiment ucf101_latent --set autoencoder.latent_channels=4 \
+        autoencoder.spatial_factor=8 autoencoder.temporal_factor=1 autoencoder.causal=false
+
+A latent recipe's denoiser works on the autoencoder's latents: ``--set`` gives the geometry that
+a run reads from the VAE's folder (the SD VAE: 4 channels, 8×8; Wan's: 16 channels, 4×8×8,
+causal). The autoencoder's own encode / decode are left out (once per clip with the cache).
 
 FLOPs are counted by ``torch.utils.flop_counter`` on one clip (forward + backward; attention
 added where the counter misses it, as in bench/denoisers.py) and scaled to the recipe's global
@@ -44,17 +50,22 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=4, help="GPUs in all (DDP ranks)")
     parser.add_argument("--peak-tflops", type=float, default=312.0, help="per GPU, bf16 dense")
     parser.add_argument("--mfu", type=float, default=0.35, help="share of the peak reached")
+    parser.add_argument("--set", nargs="*", default=[], help="config overrides (latent geometry)")
     args = parser.parse_args()
+    overrides = [f"experiment={args.experiment}", "data.root=/unused", *args.set]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={args.experiment}", "data.root=/unused"])
-    data, steps = cfg.data, cfg.trainer.max_steps
-    per_clip = step_flops_per_clip(cfg.model, data.channels, data.clip_len, data.size)
+        cfg = compose("train", overrides=overrides)
+    data, steps, ae = cfg.data, cfg.trainer.max_steps, cfg.autoencoder
+    spatial, temporal = ae.spatial_factor or 1, ae.temporal_factor or 1
+    frames = 1 + (data.clip_len - 1) // temporal if ae.causal else data.clip_len // temporal
+    per_clip = step_flops_per_clip(cfg.model, ae.latent_channels, frames, data.size // spatial)
     global_batch = data.batch_size * args.gpus * cfg.trainer.accumulate_grad_batches
     per_step = per_clip * global_batch
     seconds = per_step / (args.gpus * args.peak_tflops * 1e12 * args.mfu)
     params = sum(p.numel() for p in instantiate(cfg.model, _convert_="all").parameters())
     print(f"experiment={args.experiment}: {cfg.model._target_.rsplit('.', 1)[-1]} "
-          f"{params / 1e6:.1f} M params, clips {data.clip_len}×{data.size}², "
+          f"{params / 1e6:.1f} M params, clips {data.clip_len}×{data.size}² "
+          f"(denoiser input {ae.latent_channels}×{frames}×{data.size // spatial}²), "
           f"global batch {global_batch}, {steps} steps")  # fmt: skip
     print(f"training FLOPs: {per_clip / 1e9:.1f} GFLOP per clip, {per_step / 1e12:.2f} TFLOP "
           f"per step, {per_step * steps / 1e18:.1f} EFLOP in all")  # fmt: skip

@@ -2,6 +2,7 @@
 arguments), the causal frame rule, vdm's own VAE, and latent diffusion runs that record, check
 and decode through their autoencoder."""
 
+import csv
 import re
 
 import pytest
@@ -44,7 +45,12 @@ def test_an_image_vae_encodes_and_decodes_every_frame_as_diffusers_does(kl_folde
     ae = load_diffusers_autoencoder(str(kl_folder), frame_chunk=3)
     reference = AutoencoderKL.from_pretrained(kl_folder).eval()
     x = video(2, 5)
-    assert (ae.latent_channels, ae.spatial_factor, ae.temporal_factor, ae.causal) == (4, 2, 1, False)
+    assert (ae.latent_channels, ae.spatial_factor, ae.temporal_factor, ae.causal) == (
+        4,
+        2,
+        1,
+        False,
+    )
     latents = ae.encode(x)  # the posterior mean
     assert latents.shape == (2, 4, 5, 8, 8) == (2, *ae.latent_shape((3, 5, 16, 16)))
     with torch.no_grad():
@@ -82,7 +88,9 @@ def test_a_causal_video_vae_takes_1_plus_4k_frames_with_per_channel_normalisatio
 
 def test_a_latent_frame_is_given_when_all_its_frames_are():
     ae = Autoencoder(torch.nn.Linear(1, 1), 4, 8, 4, True, 0.0, 1.0, {"kind": "test"})
-    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 1, 1]], dtype=torch.bool)
+    mask = torch.tensor(
+        [[1, 1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 1, 1]], dtype=torch.bool
+    )
     assert ae.latent_mask(mask).tolist() == [[True, True, False], [True, False, False]]
     flat = Autoencoder(torch.nn.Linear(1, 1), 4, 8, 2, False, 0.0, 1.0, {"kind": "test"})
     assert flat.latent_mask(mask[:, 1:]).tolist() == [[True, True, False, False],
@@ -100,11 +108,13 @@ def test_normalisation_round_trips_scalar_and_per_channel():
     x = video(3, 2).clamp(-0.9, 0.9)
     x[:, 2] = 0
     for shift, scale in ((0.5, 0.18215), (torch.tensor([1.0, -2.0]), torch.tensor([0.5, 4.0]))):
-        ae = Raw(torch.nn.Linear(1, 1), 2, 1, 1, False, shift, scale, {"kind": "test"}, batch_chunk=2)
+        ae = Raw(
+            torch.nn.Linear(1, 1), 2, 1, 1, False, shift, scale, {"kind": "test"}, batch_chunk=2
+        )
         latents = ae.encode(x)
-        expected = (x[:, :2] * 3 + 1 - torch.as_tensor(shift).view(1, -1, 1, 1, 1)) * torch.as_tensor(
-            scale
-        ).view(1, -1, 1, 1, 1)
+        expected = (
+            x[:, :2] * 3 + 1 - torch.as_tensor(shift).view(1, -1, 1, 1, 1)
+        ) * torch.as_tensor(scale).view(1, -1, 1, 1, 1)
         torch.testing.assert_close(latents, expected)
         torch.testing.assert_close(ae.decode(latents), x, rtol=1e-5, atol=1e-5)
 
@@ -150,10 +160,8 @@ def test_vdm_vae_reconstruction_improves_on_shapes_in_a_few_dozen_steps(tmp_path
             "lr_scheduler.warmup_steps=5", "optimizer.lr=2e-3",
         )
     )  # fmt: skip
-    rows = tmp_path.rglob("metrics.csv")
-    import csv
-
-    values = [float(r["val/psnr"]) for f in rows for r in csv.DictReader(open(f)) if r.get("val/psnr")]
+    rows = [r for f in tmp_path.rglob("metrics.csv") for r in csv.DictReader(f.open())]
+    values = [float(r["val/psnr"]) for r in rows if r.get("val/psnr")]
     assert trainer.global_step == 40 and len(values) == 2
     # The black background alone scores ~10.7 dB (where an L1 loss sat for 100 steps); an
     # untrained VAE ~8 dB.
@@ -177,9 +185,11 @@ def test_a_latent_run_records_its_autoencoder_and_samples_pixels(latent_ckpt, va
     real = video(2, 8, size=32, seed=3)
     mask = torch.zeros(2, 8, dtype=torch.bool)
     mask[:, :3] = True
-    out = loaded.sample(num_samples=2, sampler=loaded.sampler(2), context=(real * mask[:, None, :, None, None], mask),
-                        progress=False)  # fmt: skip
-    assert torch.equal(out[:, :, :3], real[:, :, :3]) and not torch.equal(out[:, :, 3:], real[:, :, 3:])
+    given = (real * mask[:, None, :, None, None], mask)
+    out = loaded.sample(num_samples=2, sampler=loaded.sampler(2), context=given, progress=False)
+    assert torch.equal(out[:, :, :3], real[:, :, :3]) and not torch.equal(
+        out[:, :, 3:], real[:, :, 3:]
+    )
 
 
 def test_a_checkpoint_refuses_another_autoencoder_in_one_line(latent_ckpt, tmp_path, monkeypatch):
@@ -190,7 +200,9 @@ def test_a_checkpoint_refuses_another_autoencoder_in_one_line(latent_ckpt, tmp_p
     with pytest.raises(UserError) as error:
         load_run(other)
     message = str(error.value)
-    assert "\n" not in message and re.search(r"trained on the vdm autoencoder VideoVAE 000000000000, not on", message)
+    assert "\n" not in message and re.search(
+        r"trained on the vdm autoencoder VideoVAE 000000000000, not on", message
+    )
     pixel = {k: v for k, v in load_checkpoint(latent_ckpt).items() if k != "autoencoder"}
     torch.save(pixel, other)
     with pytest.raises(UserError, match="trained on pixels"):
@@ -198,7 +210,10 @@ def test_a_checkpoint_refuses_another_autoencoder_in_one_line(latent_ckpt, tmp_p
 
 
 def test_resuming_on_another_autoencoder_is_refused(latent_ckpt, tmp_path):
-    with pytest.raises(UserError, match=r"ckpt_path=.*: trained on the vdm autoencoder VideoVAE \w{12}, not on pixels \(autoencoder=none\)"):
+    with pytest.raises(
+        UserError,
+        match=r"ckpt_path=.*: trained on the vdm autoencoder VideoVAE \w{12}, not on pixels",
+    ):
         run(compose_run(tmp_path, "data.num_classes=3", "context=mixed", f"ckpt_path={latent_ckpt}",
                         "trainer.max_steps=4", "~logger"))  # fmt: skip
 
@@ -206,14 +221,19 @@ def test_resuming_on_another_autoencoder_is_refused(latent_ckpt, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["data.size=36"], r"data.size=36: the autoencoder \(spatial factor 8\) needs a multiple of 8"),
-        (["data.clip_len=8"], r"data.clip_len=8: the causal autoencoder \(temporal factor 4\) takes 1 \+ 4·k frames: e.g. data.clip_len=5"),
+        (["data.size=36"], r"data.size=36: the autoencoder \(spatial factor 8\) needs a multiple"),
+        (["data.clip_len=8"], r"data.clip_len=8: the causal autoencoder \(temporal factor 4\) "
+                              r"takes 1 \+ 4·k frames: e.g. data.clip_len=5"),
         (["data.size=40", "data.clip_len=9", "model=transformer_tiny", "model.patch_size=2"],
          r"data.size=40: SpaceTimeTransformer needs a latent size that is a multiple of 2 .* is 5"),
     ],
 )  # fmt: skip
-def test_latent_geometry_is_checked_before_work_in_one_line(wan_folder, tmp_path, overrides, message):
-    cfg = compose_run(tmp_path, "autoencoder=diffusers", f"autoencoder.path={wan_folder}", *overrides)
+def test_latent_geometry_is_checked_before_work_in_one_line(
+    wan_folder, tmp_path, overrides, message
+):
+    cfg = compose_run(
+        tmp_path, "autoencoder=diffusers", f"autoencoder.path={wan_folder}", *overrides
+    )
     fill_autoencoder_geometry(cfg)
     assert cfg.autoencoder.temporal_factor == 4 and cfg.model.in_channels == 4
     with pytest.raises(ConfigError, match=message):
@@ -252,13 +272,30 @@ def test_a_moved_autoencoder_is_found_with_autoencoder_path_and_must_be_the_same
 
     moved = tmp_path / "moved.ckpt"
     shutil.copy(vae_ckpt, moved)
-    assert load_run(latent_ckpt, autoencoder_path=str(moved)).model.autoencoder.fingerprint == (
-        load_checkpoint(latent_ckpt)["autoencoder"]
+    assert (
+        load_run(latent_ckpt, autoencoder_path=str(moved)).model.autoencoder.fingerprint
+        == (load_checkpoint(latent_ckpt)["autoencoder"])
     )
     other = load_checkpoint(vae_ckpt)
     other["state_dict"]["vae.dec_out.bias"] = other["state_dict"]["vae.dec_out.bias"] + 0.01
     torch.save(other, tmp_path / "other.ckpt")
-    with pytest.raises(UserError, match=r"VideoVAE \w{12}, not on the vdm autoencoder VideoVAE \w{12}"):
+    with pytest.raises(
+        UserError, match=r"VideoVAE \w{12}, not on the vdm autoencoder VideoVAE \w{12}"
+    ):
         load_run(latent_ckpt, autoencoder_path=str(tmp_path / "other.ckpt"))
     with pytest.raises(UserError, match="trained in pixel space"):
         load_run(conditional_ckpt, autoencoder_path=str(moved))
+
+
+def test_a_checkpoint_from_before_autoencoders_loads_and_samples_in_pixels(
+    conditional_ckpt, tmp_path
+):
+    old = load_checkpoint(conditional_ckpt)
+    for key in ("autoencoder", "vae", "vae_loss", "latents", "task"):
+        old["hyper_parameters"].pop(key, None)
+    old["hyper_parameters"]["model"]["in_channels"] = 3  # as written then: ${data.channels}
+    torch.save(old, tmp_path / "old.ckpt")
+    loaded = load_run(tmp_path / "old.ckpt")
+    assert isinstance(loaded.model.autoencoder, PixelSpace)
+    videos = loaded.sample(num_samples=1, sampler=loaded.sampler(2), progress=False)
+    assert videos.shape == (1, 3, 8, 32, 32)

@@ -451,8 +451,8 @@ def test_latent_diffusion_from_vae_training_to_evaluation(tmp_path):
     assert list((vae.parents[1] / "samples").glob("step_*/grid.gif"))  # input | reconstruction
     env = {**os.environ, **cache}
     result = subprocess.run(
-        [sys.executable, "train.py", "autoencoder=vdm", f"autoencoder.ckpt_path={vae}", "debug=fast",
-         "context=mixed", "run_name=latent", f"paths.log_dir={tmp_path / 'logs'}",
+        [sys.executable, "train.py", "autoencoder=vdm", f"autoencoder.ckpt_path={vae}",
+         "debug=fast", "context=mixed", "run_name=latent", f"paths.log_dir={tmp_path / 'logs'}",
          f"paths.data_dir={tmp_path / 'data'}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
@@ -460,7 +460,8 @@ def test_latent_diffusion_from_vae_training_to_evaluation(tmp_path):
     assert "Latent cache ready" in result.stdout + result.stderr
     ckpt = tmp_path / "logs" / "runs" / "latent" / "checkpoints" / "last.ckpt"
     sampled = subprocess.run(
-        [sys.executable, "-m", "vdm.sample", f"ckpt_path={ckpt}", "num_samples=2", "sampler.steps=3"],
+        [sys.executable, "-m", "vdm.sample", f"ckpt_path={ckpt}", "num_samples=2",
+         "sampler.steps=3"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert sampled.returncode == 0, sampled.stderr[-3000:]

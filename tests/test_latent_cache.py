@@ -51,7 +51,9 @@ def dataset(root, **options):
 def test_clips_are_encoded_once_and_read_back_as_encoded(videos, tmp_path):
     ae = Pooling()
     data = dataset(videos)
-    folder = build_latent_cache(data, ae, windows=2, shard_size=3, batch_size=2, root=tmp_path / "c")
+    folder = build_latent_cache(
+        data, ae, windows=2, shard_size=3, batch_size=2, root=tmp_path / "c"
+    )
     assert ae.encoded == 10  # 5 videos × 2 windows
     assert build_latent_cache(data, ae, windows=2, shard_size=3, root=tmp_path / "c") == folder
     assert ae.encoded == 10  # the second run encoded nothing
@@ -62,7 +64,9 @@ def test_clips_are_encoded_once_and_read_back_as_encoded(videos, tmp_path):
         expected = F.avg_pool2d(clip["video"].transpose(0, 1), 2).transpose(0, 1)
         item = cached[(k, 7)]  # the epoch in the key does not matter
         torch.testing.assert_close(item["latents_mean"], expected, atol=1e-3, rtol=1e-3)  # float16
-        assert torch.equal(item["latents_std"], torch.full_like(expected, 0.1, dtype=torch.float16).float())
+        assert torch.equal(
+            item["latents_std"], torch.full_like(expected, 0.1, dtype=torch.float16).float()
+        )
         assert int(item["label"]) == int(clip["label"]) and float(item["fps"]) == float(clip["fps"])
 
 
@@ -126,7 +130,9 @@ def test_a_damaged_or_missing_shard_is_one_line_naming_it(videos, tmp_path):
     shard.write_bytes(bytes(data))
     cached = LatentClipDataset(folder)
     cached[0]  # shard 0 is whole
-    with pytest.raises(DataError, match=rf"shard {shard} does not match the SHA-256 .* delete the folder"):
+    with pytest.raises(
+        DataError, match=rf"shard {shard} does not match the SHA-256 .* delete the folder"
+    ):
         cached[2]
     shard.unlink()
     with pytest.raises(DataError, match=rf"shard {shard} is missing"):
@@ -146,7 +152,7 @@ def test_two_ranks_share_the_work_and_one_cache(videos, tmp_path):
         try:
             folders[r] = build_latent_cache(data, encoders[r], shard_size=1, root=tmp_path / "c",
                                             rank=r, world_size=2, barrier=barrier.wait)  # fmt: skip
-        except Exception as error:  # noqa: BLE001 - reported below
+        except Exception as error:
             errors.append(error)
 
     threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]

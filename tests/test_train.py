@@ -99,7 +99,9 @@ def test_resumed_run_ends_exactly_where_the_uninterrupted_one_does(
     step's posterior samples come from the step's seed too.
     """
     vae = [f"autoencoder.ckpt_path={request.getfixturevalue('vae_ckpt')}"] if latent else []
-    common = [*(["autoencoder=vdm"] if latent else []), *vae,
+    common = [
+        *(["autoencoder=vdm"] if latent else []),
+        *vae,
         "callbacks.ema.update_starting_at_step=1",
         "trainer.val_check_interval=3",
         "lr_scheduler.total_steps=6",
@@ -243,7 +245,11 @@ def test_every_option_of_every_group_composes_and_instantiates(
         assert "ReconstructionVideos" in {type(c).__name__ for c in build_callbacks(cfg)}
         return
     if group == "autoencoder":
-        loaded = {"none": "PixelSpace", "vdm": "VdmAutoencoder", "diffusers": "DiffusersAutoencoder"}
+        loaded = {
+            "none": "PixelSpace",
+            "vdm": "VdmAutoencoder",
+            "diffusers": "DiffusersAutoencoder",
+        }
         assert type(module.autoencoder).__name__ == loaded[option]
     assert type(module.denoiser).__name__ == built(cfg.model._target_)
     assert type(module.diffusion).__name__ == built(cfg.diffusion._target_)

@@ -93,8 +93,10 @@ class Autoencoder:
             return 1 + (frames - 1) // f
         if not self.causal and frames % f == 0 and frames >= f:
             return frames // f
-        rule = f"1 + {f}·k (e.g. {1 + f * max(1, (frames - 1) // f)})" if self.causal else (
-            f"a multiple of {f}"
+        rule = (
+            f"1 + {f}·k (e.g. {1 + f * max(1, (frames - 1) // f)})"
+            if self.causal
+            else (f"a multiple of {f}")
         )
         raise UserError(
             f"{frames} frames: this autoencoder (temporal factor {f}) takes {rule} frames per "
@@ -191,7 +193,9 @@ def check_same_autoencoder(stored: dict | None, autoencoder: Autoencoder, key: s
     )
 
 
-def sample_posterior(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def sample_posterior(
+    mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
     """``mean + std · ε`` with ε from ``generator`` (on the tensors' device)."""
     noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
     return mean + std * noise

@@ -132,7 +132,9 @@ def diffusers_geometry(path: str | None) -> dict:
 class DiffusersAutoencoder(Autoencoder):
     """A diffusers autoencoder; image VAEs run on ``frame_chunk`` frames at a time."""
 
-    def __init__(self, vae, fingerprint: dict, dtype: torch.dtype, batch_chunk: int, frame_chunk: int):
+    def __init__(
+        self, vae, fingerprint: dict, dtype: torch.dtype, batch_chunk: int, frame_chunk: int
+    ):
         spatial, temporal = factors(vae)
         shift, scale = normalisation(vae)
         self.per_frame = type(vae).__name__ in IMAGE_VAES

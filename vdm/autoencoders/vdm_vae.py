@@ -20,7 +20,9 @@ class VdmAutoencoder(Autoencoder):
     """A trained :class:`~vdm.models.video_vae.VideoVAE`; normalised with the per-channel
     statistics of the posterior means it tracked in training."""
 
-    def __init__(self, vae: VideoVAE, fingerprint: dict, dtype: str = "float32", batch_chunk: int = 8):
+    def __init__(
+        self, vae: VideoVAE, fingerprint: dict, dtype: str = "float32", batch_chunk: int = 8
+    ):
         if int(vae.stats_seen) == 0:
             raise UserError(
                 f"{KEY}: this VAE never saw a training batch (no latent statistics): train it "
@@ -54,7 +56,9 @@ def vae_from_checkpoint(ckpt_path: str | Path, key: str = KEY) -> VideoVAE:
         )
     options = {k: v for k, v in config["vae"].items() if not k.startswith("_")}
     vae = VideoVAE(**options)
-    state = {k[len("vae.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("vae.")}
+    state = {
+        k[len("vae.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("vae.")
+    }
     try:
         vae.load_state_dict(state)
     except RuntimeError as error:

@@ -151,7 +151,8 @@ def check_latent_geometry(cfg: DictConfig) -> tuple[int | None, int | None]:
         if not causal and clip_len % temporal:
             raise ConfigError(
                 f"data.clip_len={clip_len}: the autoencoder (temporal factor {temporal}) needs a "
-                f"multiple of {temporal}: e.g. data.clip_len={max(temporal, clip_len // temporal * temporal)}."
+                f"multiple of {temporal}: e.g. data.clip_len="
+                f"{max(temporal, clip_len // temporal * temporal)}."
             )
     latent_size = None if size is None else size // spatial
     if clip_len is None:

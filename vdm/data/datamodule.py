@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import functools
 import inspect
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 

@@ -26,7 +26,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch.utils.data import Dataset
 
 from vdm.errors import DataError

@@ -179,7 +179,7 @@ def load_run(
 
 
 def moved_autoencoder(config: DictConfig, path: str) -> None:
-    """Point ``config``'s autoencoder at ``path`` (its folder or checkpoint key, whichever it has)."""
+    """Point ``config``'s autoencoder at ``path`` (its ``path`` or ``ckpt_path`` key)."""
     conf = OmegaConf.select(config, "autoencoder")
     key = next((k for k in ("path", "ckpt_path") if conf is not None and k in conf), None)
     if key is None:

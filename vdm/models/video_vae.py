@@ -32,11 +32,18 @@ class FrameResBlock(nn.Module):
     def __init__(self, channels: int, out_channels: int) -> None:
         super().__init__()
         self.norm1, self.conv1 = norm(channels), nn.Conv2d(channels, out_channels, 3, padding=1)
-        self.norm2, self.conv2 = norm(out_channels), nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.temporal = nn.Conv1d(out_channels, out_channels, 3, padding=1, padding_mode="replicate")
+        self.norm2, self.conv2 = (
+            norm(out_channels),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        )
+        self.temporal = nn.Conv1d(
+            out_channels, out_channels, 3, padding=1, padding_mode="replicate"
+        )
         nn.init.zeros_(self.temporal.weight)  # starts as a per-frame block
         nn.init.zeros_(self.temporal.bias)
-        self.skip = nn.Conv2d(channels, out_channels, 1) if channels != out_channels else nn.Identity()
+        self.skip = (
+            nn.Conv2d(channels, out_channels, 1) if channels != out_channels else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
@@ -112,7 +119,11 @@ class VideoVAE(nn.Module):
 
     def encode(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior ``(mean, logvar)``, each ``(B, latent_channels, T, H/f, W/f)``."""
-        if video.dim() != 5 or video.shape[-1] % self.spatial_factor or video.shape[-2] % self.spatial_factor:
+        if (
+            video.dim() != 5
+            or video.shape[-1] % self.spatial_factor
+            or video.shape[-2] % self.spatial_factor
+        ):
             raise UserError(
                 f"vdm's VAE takes (B, C, T, H, W) with H and W divisible by {self.spatial_factor}; "
                 f"got {tuple(video.shape)}: change data.size."

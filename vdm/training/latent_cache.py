@@ -46,8 +46,11 @@ def key_parts(dataset: VideoClipDataset, autoencoder: Autoencoder, windows: int)
         "frame_stride": dataset.frame_stride,
         "size": dataset.size,
         "windows": windows,
-        "sampling": {"augment": dataset.augment, "short_video": dataset.short_video,
-                     "seed": dataset.seed},  # fmt: skip
+        "sampling": {
+            "augment": dataset.augment,
+            "short_video": dataset.short_video,
+            "seed": dataset.seed,
+        },
     }
 
 
@@ -135,7 +138,10 @@ def build_latent_cache(
         if shard_is_whole(path):
             continue
         items = range(index * shard_size, min((index + 1) * shard_size, clips))
-        save_shard(path, encode_shard(dataset, autoencoder, items, windows, torch.device(device), batch_size))
+        save_shard(
+            path,
+            encode_shard(dataset, autoencoder, items, windows, torch.device(device), batch_size),
+        )
         encoded += len(items)
         log.info("Latent cache: shard %d/%d written (%d clips)", index + 1, shards, len(items))
     seconds = time.perf_counter() - started
@@ -148,14 +154,18 @@ def build_latent_cache(
         for index in range(shards):
             path = shard_path(folder, index)
             if not shard_is_whole(path):
-                raise UserError(f"latent cache shard {path} was not written whole: train again to rebuild it.")
+                raise UserError(
+                    f"latent cache shard {path} was not written whole: train again to rebuild it."
+                )
             digests.append(sha256_of(path))
         write_json_atomically(folder / MANIFEST, {
             "clips": clips, "shard_size": shard_size, "shards": digests, "windows": windows,
             "labelled": bool(getattr(dataset, "labelled", False)), "key": parts,
         })  # fmt: skip
         size = sum(shard_path(folder, i).stat().st_size for i in range(shards))
-        log.info("Latent cache ready: %d clips, %.1f KB per clip, %s", clips, size / clips / 1e3, folder)
+        log.info(
+            "Latent cache ready: %d clips, %.1f KB per clip, %s", clips, size / clips / 1e3, folder
+        )
     barrier()
     return folder
 

@@ -30,7 +30,9 @@ class ReconstructionVideos(Callback):
         upscale: nearest-neighbour upscaling of the written frames.
     """
 
-    def __init__(self, dirpath: str | Path, num_samples: int = 4, fps: float = 8.0, upscale: int = 4):
+    def __init__(
+        self, dirpath: str | Path, num_samples: int = 4, fps: float = 8.0, upscale: int = 4
+    ):
         check_values(
             "callbacks.reconstruction_videos",
             num_samples=(num_samples, 1, "clips per validation"),
@@ -38,7 +40,12 @@ class ReconstructionVideos(Callback):
         )
         if not isinstance(fps, int | float) or fps <= 0:
             raise UserError(f"callbacks.reconstruction_videos.fps={fps}: must be > 0.")
-        self.dirpath, self.num_samples, self.fps, self.upscale = Path(dirpath), num_samples, fps, upscale
+        self.dirpath, self.num_samples, self.fps, self.upscale = (
+            Path(dirpath),
+            num_samples,
+            fps,
+            upscale,
+        )
         self._real: torch.Tensor | None = None  # the first validation's clips, kept
         self._complete = False
 
@@ -60,7 +67,9 @@ class ReconstructionVideos(Callback):
         panels = side_by_side(to_uint8(real), to_uint8(reconstruction))
         out_dir = self.dirpath / f"step_{trainer.global_step:06d}"
         write_clips(out_dir, panels, self.fps, self.upscale)
-        log.info("Wrote %d reconstruction videos (input | reconstruction) to %s", len(panels), out_dir)
+        log.info(
+            "Wrote %d reconstruction videos (input | reconstruction) to %s", len(panels), out_dir
+        )
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_video("samples/reconstruction", [str(out_dir / "grid.gif")],
