@@ -17,7 +17,7 @@ from torchmetrics.functional.image import (
 
 from vdm.errors import UserError
 from vdm.models.video_vae import VideoVAE, kl_divergence
-from vdm.training.optim import parameter_groups
+from vdm.training.optim import optimizers_for
 
 RECONSTRUCTION_LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
 
@@ -108,13 +108,4 @@ class AutoencoderModule(LightningModule):
                  sync_dist=True, batch_size=b)  # fmt: skip
 
     def configure_optimizers(self) -> dict:
-        optimizer = self.optimizer_factory(parameter_groups(self))
-        if not optimizer.defaults.get("weight_decay"):
-            optimizer = self.optimizer_factory(self.parameters())
-        if self.lr_scheduler_factory is None:
-            return {"optimizer": optimizer}
-        scheduler = self.lr_scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return optimizers_for(self, self.optimizer_factory, self.lr_scheduler_factory)

@@ -38,12 +38,7 @@ def build_module(cfg: DictConfig) -> VideoDiffusionModule | AutoencoderModule:
         log.info("Instantiating VAE <%s>", cfg.vae._target_)
         return AutoencoderModule(
             vae=instantiate_config(cfg.vae, "vae", _convert_="all"),
-            optimizer=instantiate_config(cfg.optimizer, "optimizer"),
-            lr_scheduler=(
-                instantiate_config(cfg.lr_scheduler, "lr_scheduler")
-                if cfg.get("lr_scheduler")
-                else None
-            ),
+            **optimization(cfg),
             reconstruction=cfg.vae_loss.reconstruction,
             kl_weight=cfg.vae_loss.kl_weight,
             seed=cfg.seed,
@@ -53,18 +48,22 @@ def build_module(cfg: DictConfig) -> VideoDiffusionModule | AutoencoderModule:
     return VideoDiffusionModule(
         denoiser=build_model(cfg),
         diffusion=build_diffusion(cfg),
-        optimizer=instantiate_config(cfg.optimizer, "optimizer"),
-        lr_scheduler=(
-            instantiate_config(cfg.lr_scheduler, "lr_scheduler")
-            if cfg.get("lr_scheduler")
-            else None
-        ),
+        **optimization(cfg),
         label_dropout=cfg.module.label_dropout,
         seed=cfg.seed,
         config=OmegaConf.to_container(cfg, resolve=True),
         context_masks=build_context_masks(cfg),
         autoencoder=autoencoder,
     )
+
+
+def optimization(cfg: DictConfig) -> dict:
+    """The module's ``optimizer`` and ``lr_scheduler`` factories (Hydra partials)."""
+    scheduler = cfg.get("lr_scheduler")
+    return {
+        "optimizer": instantiate_config(cfg.optimizer, "optimizer"),
+        "lr_scheduler": instantiate_config(scheduler, "lr_scheduler") if scheduler else None,
+    }
 
 
 def build_context_masks(cfg: DictConfig) -> ContextMasks | None:

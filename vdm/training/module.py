@@ -18,7 +18,7 @@ from vdm.diffusion.process import GaussianDiffusion
 from vdm.errors import UserError
 from vdm.inference.model import DenoiserHolder, takes_given_frames
 from vdm.training.lightning_internals import attached_trainer
-from vdm.training.optim import parameter_groups
+from vdm.training.optim import optimizers_for
 
 QUARTILES = 4  # train/loss_q0..q3: loss per quarter of the timestep range
 
@@ -173,14 +173,4 @@ class VideoDiffusionModule(DenoiserHolder, LightningModule):
 
     def configure_optimizers(self) -> dict:
         model = self.trainer.model if attached_trainer(self) is not None else self
-        optimizer = self.optimizer_factory(parameter_groups(model))
-        if not optimizer.defaults.get("weight_decay"):
-            # Nothing is decayed: one group, as checkpoints written before the groups hold.
-            optimizer = self.optimizer_factory(model.parameters())
-        if self.lr_scheduler_factory is None:
-            return {"optimizer": optimizer}
-        scheduler = self.lr_scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return optimizers_for(model, self.optimizer_factory, self.lr_scheduler_factory)

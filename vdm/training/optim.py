@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 from torch.optim import Optimizer
@@ -54,3 +56,20 @@ def parameter_groups(model: nn.Module) -> list[dict]:
         (not_decayed if p.ndim < 2 or id(p) in no_decay else decayed).append(p)
     groups = [{"params": decayed}, {"params": not_decayed, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
+
+
+def optimizers_for(
+    model: nn.Module,
+    optimizer_factory: Callable[..., Optimizer],
+    lr_scheduler_factory: Callable[[Optimizer], Any] | None,
+) -> dict:
+    """What a LightningModule's ``configure_optimizers`` returns: the optimizer over
+    :func:`parameter_groups` (one group when nothing is decayed, as checkpoints written before
+    the groups hold) and a per-step learning-rate schedule if there is one."""
+    optimizer = optimizer_factory(parameter_groups(model))
+    if not optimizer.defaults.get("weight_decay"):
+        optimizer = optimizer_factory(model.parameters())
+    if lr_scheduler_factory is None:
+        return {"optimizer": optimizer}
+    scheduler = lr_scheduler_factory(optimizer)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
