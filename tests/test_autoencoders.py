@@ -299,3 +299,11 @@ def test_a_checkpoint_from_before_autoencoders_loads_and_samples_in_pixels(
     assert isinstance(loaded.model.autoencoder, PixelSpace)
     videos = loaded.sample(num_samples=1, sampler=loaded.sampler(2), progress=False)
     assert videos.shape == (1, 3, 8, 32, 32)
+
+
+def test_resuming_a_vae_run_checks_its_task_and_vae_config(vae_ckpt, tmp_path):
+    with pytest.raises(UserError, match=r"is a task=autoencoder checkpoint: resume it with task="):
+        run(compose_run(tmp_path / "a", f"ckpt_path={vae_ckpt}", "~logger"))
+    with pytest.raises(UserError, match=r"holds another vae \(vae.base_channels differ"):
+        run(compose_run(tmp_path / "b", "task=autoencoder", "vae.base_channels=8",
+                        f"ckpt_path={vae_ckpt}", "~logger"))  # fmt: skip

@@ -6,6 +6,7 @@ from vdm.autoencoders.base import (
     Autoencoder,
     PixelSpace,
     check_same_autoencoder,
+    describe,
     sample_posterior,
     weights_sha256,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "PixelSpace",
     "VdmAutoencoder",
     "check_same_autoencoder",
+    "describe",
     "diffusers_geometry",
     "load_diffusers_autoencoder",
     "load_vdm_autoencoder",

@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from lightning import Trainer
 from omegaconf import DictConfig, OmegaConf
 
-from vdm.autoencoders.base import describe
+from vdm.autoencoders import describe
 from vdm.cli.checks import check_train_config
 from vdm.cli.errors import exit_code, user_errors_in_one_line
 from vdm.cli.optimization_checks import optimizer_mismatch
@@ -40,13 +40,20 @@ def check_resume(cfg: DictConfig) -> None:
         return
     checkpoint = load_checkpoint(cfg.ckpt_path)
     config = checkpoint["hyper_parameters"]
+    task, stored_task = cfg.get("task", "diffusion"), config.get("task", "diffusion")
+    if task != stored_task:
+        raise UserError(
+            f"ckpt_path={cfg.ckpt_path} is a task={stored_task} checkpoint: resume it with "
+            f"task={stored_task}, or start this task={task} run without ckpt_path."
+        )
     check_resume_autoencoder(cfg, checkpoint.get("autoencoder"))
-    stored = config["model"]
-    differs = model_config_mismatch(stored, OmegaConf.to_container(cfg.model, resolve=True))
+    net = "vae" if task == "autoencoder" else "model"  # the network the run trains
+    stored = config[net]
+    differs = model_config_mismatch(stored, OmegaConf.to_container(cfg[net], resolve=True))
     if differs:
         raise UserError(
-            f"ckpt_path={cfg.ckpt_path} holds another model (model.{', model.'.join(differs)} "
-            f"differ; it has {stored['_target_']}): resume with the model config that wrote it."
+            f"ckpt_path={cfg.ckpt_path} holds another {net} ({net}.{f', {net}.'.join(differs)} "
+            f"differ; it has {stored['_target_']}): resume with the {net} config that wrote it."
         )
     optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
     why = optimizer_mismatch(config.get("optimizer") or {}, optimizer)
