@@ -166,21 +166,30 @@ def check_denoiser_config(cfg: DictConfig) -> None:
     size, clip_len = check_latent_geometry(cfg)
     spatial = _get(cfg, "autoencoder.spatial_factor") or 1
     space, time = model_divisors(cfg.model)
-    latent = " latent" if spatial > 1 or (_get(cfg, "autoencoder.temporal_factor") or 1) > 1 else ""
+    latent = spatial > 1 or (_get(cfg, "autoencoder.temporal_factor") or 1) > 1
     if size is not None and size % space:
         model = cfg.model._target_.rsplit(".", 1)[-1]
         need = space * spatial
         nearest = max(need, size * spatial // need * need)
+        what = (
+            f"a latent size that is a multiple of {space}" if latent else f"a multiple of {space}"
+        )
+        its = f"; the latent size is {size}" if latent else ""
         raise ConfigError(
-            f"data.size={size * spatial}: {model} needs a{latent} size that is a multiple of "
-            f"{space} (its patch size and downsampling; the{latent} size is {size}): e.g. "
-            f"data.size={nearest}."
+            f"data.size={size * spatial}: {model} needs {what} (its patch size and "
+            f"downsampling{its}): e.g. data.size={nearest}."
         )
     if clip_len is not None and clip_len % time:
+        given = _get(cfg, "data.clip_len")
+        if latent:
+            raise ConfigError(
+                f"data.clip_len={given}: model.temporal_patch_size={time} needs a latent clip "
+                f"length that is a multiple of {time} (it is {clip_len}): change data.clip_len "
+                "or model.temporal_patch_size."
+            )
         raise ConfigError(
-            f"data.clip_len={_get(cfg, 'data.clip_len')}: model.temporal_patch_size={time} needs "
-            f"a{latent} clip length that is a multiple of {time} (it is {clip_len}): change "
-            "data.clip_len or model.temporal_patch_size."
+            f"data.clip_len={given}: model.temporal_patch_size={time} needs a multiple of "
+            f"{time}: e.g. data.clip_len={max(time, given // time * time)}."
         )
     process = "diffusion=flow" if is_flow(cfg.diffusion) else "diffusion=ddpm"
     if cfg.sampler.get("from_checkpoint"):
