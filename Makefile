@@ -40,10 +40,10 @@ else
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(TORCH_FROM_INDEX)
 endif
-	$(BIN)/python -m pip install --quiet -e ".[dev,hpo]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,hpo,latent]"
 	touch $@
 
-install: $(INSTALLED) ## Create .venv, install torch==$(TORCH_VERSION) (TORCH_INDEX_URL, keep), then vdm[dev,hpo]
+install: $(INSTALLED) ## Create .venv, install torch==$(TORCH_VERSION) (TORCH_INDEX_URL, keep), then vdm[dev,hpo,latent]
 
 train: install ## Train (default: moving shapes on CPU); pass Hydra overrides with ARGS="..."
 	$(BIN)/python train.py $(ARGS)

@@ -103,7 +103,13 @@ def normalisation(vae: torch.nn.Module) -> tuple[torch.Tensor | float, torch.Ten
 
 def diffusers_class(folder: Path, config: dict):
     """The diffusers class a saved config names."""
-    import diffusers  # optional until used: pixel-space runs never import it
+    try:
+        import diffusers  # optional until used: pixel-space runs never import it
+    except ImportError:
+        raise UserError(
+            "autoencoder=diffusers needs the diffusers package: pip install 'vdm[latent]' "
+            "(or pip install diffusers)."
+        ) from None
 
     cls = getattr(diffusers, config["_class_name"], None)
     if cls is None:
