@@ -173,6 +173,17 @@ class Autoencoder:
         return torch.cat(videos)
 
 
+def check_geometry(autoencoder: Autoencoder, geometry: dict) -> None:
+    """Refuse config values (``latent_channels`` etc., when set) that the model contradicts."""
+    for name, value in geometry.items():
+        actual = getattr(autoencoder, name, None)
+        if value is not None and actual is not None and value != actual:
+            raise UserError(
+                f"autoencoder.{name}={value}, but the autoencoder has {actual}: leave "
+                f"autoencoder.{name} unset (it is read from the model)."
+            )
+
+
 def describe(fingerprint: dict | None) -> str:
     """``vdm VideoVAE 1a2b3c4d5e6f`` (kind, class, start of the weights' SHA-256), or pixels."""
     if fingerprint is None:

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import torch
 
-from vdm.autoencoders.base import Autoencoder
+from vdm.autoencoders.base import Autoencoder, check_geometry
 from vdm.autoencoders.dtypes import torch_dtype
-from vdm.autoencoders.vdm_vae import check_geometry
 from vdm.errors import MissingFileError, UserError
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from vdm.autoencoders.base import Autoencoder, weights_sha256
+from vdm.autoencoders.base import Autoencoder, check_geometry, weights_sha256
 from vdm.autoencoders.dtypes import torch_dtype
 from vdm.errors import UserError
 from vdm.files.verify import load_plain, verify_checkpoint_file
@@ -93,14 +93,3 @@ def load_vdm_autoencoder(
     autoencoder = VdmAutoencoder(vae, fingerprint, dtype, batch_chunk)
     check_geometry(autoencoder, geometry)
     return autoencoder
-
-
-def check_geometry(autoencoder: Autoencoder, geometry: dict) -> None:
-    """Refuse config values (``latent_channels`` etc., when set) that the model contradicts."""
-    for name, value in geometry.items():
-        actual = getattr(autoencoder, name, None)
-        if value is not None and actual is not None and value != actual:
-            raise UserError(
-                f"autoencoder.{name}={value}, but the autoencoder has {actual}: leave "
-                f"autoencoder.{name} unset (it is read from the model)."
-            )

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
@@ -16,6 +15,7 @@ from torchmetrics.functional.image import (
 )
 
 from vdm.errors import UserError
+from vdm.inference.generation import clip_seed
 from vdm.models.video_vae import VideoVAE, kl_divergence
 from vdm.training.optim import optimizers_for
 
@@ -65,9 +65,7 @@ class AutoencoderModule(LightningModule):
         self.kl_weight, self.seed = kl_weight, seed
 
     def _generator(self, *key: int) -> torch.Generator:
-        state = np.random.SeedSequence([self.seed, *key]).generate_state(2, dtype=np.uint32)
-        seed = (int(state[0]) << 32 | int(state[1])) & (2**63 - 1)
-        return torch.Generator(device=self.device).manual_seed(seed)
+        return torch.Generator(device=self.device).manual_seed(clip_seed(self.seed, *key))
 
     def _losses(self, video: torch.Tensor, reconstruction: torch.Tensor, mean, logvar):
         rec = self.reconstruction_loss(reconstruction.float(), video.float())

@@ -54,13 +54,27 @@ def key_parts(dataset: VideoClipDataset, autoencoder: Autoencoder, windows: int)
     }
 
 
-def shard_is_whole(path: Path) -> bool:
-    """A shard written to the end: its file matches its SHA-256 sidecar."""
+def whole_shard_digest(path: Path) -> str | None:
+    """The SHA-256 of a shard written to the end (its file matches its sidecar), else None."""
     sidecar = path.with_name(path.name + ".checksum")
     try:
-        return sidecar.read_text().split()[0] == sha256_of(path)
+        recorded = sidecar.read_text().split()[0]
+        return recorded if recorded == sha256_of(path) else None
     except (OSError, IndexError):
-        return False
+        return None
+
+
+def recorded_digest(path: Path) -> str | None:
+    """The SHA-256 a shard's sidecar records (written after the shard's atomic rename, so a
+    sidecar means a whole shard: no need to hash it again), or None."""
+    try:
+        return (
+            path.with_name(path.name + ".checksum").read_text().split()[0]
+            if path.is_file()
+            else None
+        )
+    except (OSError, IndexError):
+        return None
 
 
 def encode_shard(
@@ -135,7 +149,7 @@ def build_latent_cache(
     started, encoded = time.perf_counter(), 0
     for index in range(rank, shards, world_size):
         path = shard_path(folder, index)
-        if shard_is_whole(path):
+        if whole_shard_digest(path):  # written by a build that was killed later
             continue
         items = range(index * shard_size, min((index + 1) * shard_size, clips))
         save_shard(
@@ -153,11 +167,12 @@ def build_latent_cache(
         digests = []
         for index in range(shards):
             path = shard_path(folder, index)
-            if not shard_is_whole(path):
+            digest = recorded_digest(path)
+            if digest is None:
                 raise UserError(
                     f"latent cache shard {path} was not written whole: train again to rebuild it."
                 )
-            digests.append(sha256_of(path))
+            digests.append(digest)
         write_json_atomically(folder / MANIFEST, {
             "clips": clips, "shard_size": shard_size, "shards": digests, "windows": windows,
             "labelled": bool(getattr(dataset, "labelled", False)), "key": parts,
