@@ -13,6 +13,7 @@ TORCH_INDEX_URL ?=
 TORCH_FROM_INDEX = $(if $(TORCH_INDEX_URL),--force-reinstall --index-url $(TORCH_INDEX_URL))
 BIN := $(VENV)/bin
 ARGS ?=
+VAE_ARGS ?=
 # Stamp files make `make install` idempotent: pip runs again only when pyproject.toml changes.
 INSTALLED := $(VENV)/.installed-$(TORCH_VERSION)$(if $(TORCH_INDEX_URL),-$(notdir $(TORCH_INDEX_URL)))
 BENCH_INSTALLED := $(VENV)/.installed-bench
@@ -45,8 +46,12 @@ endif
 
 install: $(INSTALLED) ## Create .venv, install torch==$(TORCH_VERSION) (TORCH_INDEX_URL, keep), then vdm[dev,hpo,latent]
 
-train: install ## Train (default: moving shapes on CPU); pass Hydra overrides with ARGS="..."
-	$(BIN)/python train.py $(ARGS)
+# The default run is latent diffusion on the 64² shapes, in two runs: vdm's VAE (run folder
+# shapes_vae: a later `make train` resumes it if it was stopped, and skips it once finished), then
+# the U-Net on its latents. ARGS go to the second, VAE_ARGS to the first. `python train.py` alone trains in pixel space.
+train: install ## Train the default: vdm's VAE once, then latent diffusion on the shapes; Hydra overrides in ARGS="..."
+	$(BIN)/python train.py experiment=shapes_vae $(VAE_ARGS)
+	$(BIN)/python train.py experiment=shapes_latent $(ARGS)
 
 test: install ## Run the fast test suite
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)

@@ -1,4 +1,5 @@
-"""How well sampled moving-shapes clips hold together: colour purity, frame match, colour stability.
+"""How well sampled moving-shapes clips hold together: colour purity, frame match, colour stability,
+colours used.
 
     python bench/shapes_quality.py [DIR ...] [--size 32] [--real 60]
 
@@ -15,6 +16,10 @@ clips: the two ends of the scale. The tables in docs/experiments.md come from th
   real clips score 1.
 - *colour stability*: one minus the total-variation distance between the palette-colour
   histograms of the foreground of neighbouring frames. Real clips score about 0.99.
+- *colours*: how many palette colours the set uses, as the exponential of the entropy of the
+  palette-colour histogram of all foreground pixels: 6 when the six are used equally, 1 when
+  everything is one colour. The other scores cannot see a model that paints every object the
+  same colour (a pure, stable, wrong clip); this one can. Real clips use about 6.
 - *empty frames*: the share of frames without an object (no blob of ``MIN_BLOB`` px). Real
   clips have none. Frame match skips pairs whose later frame is empty, so read the two
   together: a model whose objects vanish can score a high frame match.
@@ -106,8 +111,18 @@ def empty_share(labels: np.ndarray) -> float:
     return float(np.mean([not blob_purities(frame[None])[1] for frame in labels]))
 
 
+def colours_used(labels: list[np.ndarray]) -> float:
+    """The effective number of palette colours of the foreground of all ``labels``: the
+    exponential of its histogram's entropy (NaN without foreground)."""
+    counts = np.bincount(np.concatenate([lab[lab >= 0] for lab in labels]), minlength=len(COLOURS))
+    if not counts.sum():
+        return float("nan")
+    shares = counts[counts > 0] / counts.sum()
+    return float(np.exp(-(shares * np.log(shares)).sum()))
+
+
 def score(clips: list[np.ndarray], size: int = 32) -> dict[str, float]:
-    """The five scores over uint8 clips ``(T, H, W, 3)`` of ``size`` px (objects move
+    """The six scores over uint8 clips ``(T, H, W, 3)`` of ``size`` px (objects move
     ``size / 32`` times farther per frame at larger sizes: so does the frame-match radius)."""
     radius = max(MATCH_RADIUS, math.ceil(MATCH_RADIUS * size / 32))
     labels = [palette_labels(clip) for clip in clips]
@@ -123,6 +138,7 @@ def score(clips: list[np.ndarray], size: int = 32) -> dict[str, float]:
         "one-colour": float((purities >= 0.9).mean()) if sizes else float("nan"),
         "frame match": finite_mean([frame_match(c, radius) for c in labels]),
         "colour stability": finite_mean([colour_stability(c) for c in labels]),
+        "colours": colours_used(labels),
         "empty frames": float(np.mean([empty_share(c) for c in labels])),
     }
 
@@ -189,7 +205,8 @@ def main() -> None:
         ("real clips", score(real, args.size)),
         ("real frames, shuffled across clips", score(shuffled(real), args.size)),
     ]
-    keys = ["clips", "purity", "one-colour", "frame match", "colour stability", "empty frames"]
+    keys = ["clips", "purity", "one-colour", "frame match", "colour stability", "colours"]
+    keys.append("empty frames")
     print(header())
     print("| samples | " + " | ".join(keys) + " |")
     print("|---|" + "---:|" * len(keys))

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from conftest import compose_run, tiny_kl_vae, tiny_wan_vae
+from conftest import compose_run, tiny_kl_vae, tiny_wan_vae, train_tiny
 
 from vdm.autoencoders import (
     Autoencoder,
@@ -190,6 +190,25 @@ def test_a_latent_run_records_its_autoencoder_and_samples_pixels(latent_ckpt, va
     assert torch.equal(out[:, :, :3], real[:, :, :3]) and not torch.equal(
         out[:, :, 3:], real[:, :, 3:]
     )
+
+
+@pytest.mark.parametrize("latent", [True, False])
+def test_x0_is_clamped_to_the_pixel_range_in_pixels_but_not_in_latents(
+    latent, latent_ckpt, tmp_path, monkeypatch
+):
+    """Every x0 estimate is 3: DDIM (eta 0) ends on it exactly, unless the [-1, 1] clamp of pixel
+    samplers cuts it to 1; normalised latents (unit std) must not be cut."""
+    loaded = load_run(latent_ckpt if latent else train_tiny(tmp_path, 3))
+    model = loaded.model
+    monkeypatch.setattr(model.diffusion, "predict_x0", lambda x, t, out, kind=None: x * 0 + 3)
+    decoded = []
+    monkeypatch.setattr(model.autoencoder, "decode", lambda z: decoded.append(z) or z)
+    sampler = loaded.sampler(4)
+    assert sampler.clip_denoised  # the run's sampler config, as trained
+    sample_videos(model, sampler, loaded.clip_shape(), None, 1, 1)
+    expected = 3.0 if latent else 1.0
+    assert torch.allclose(decoded[0], torch.full_like(decoded[0], expected), atol=1e-4)
+    assert sampler.clip_denoised  # the caller's sampler is left as it was
 
 
 def test_a_checkpoint_refuses_another_autoencoder_in_one_line(latent_ckpt, tmp_path, monkeypatch):

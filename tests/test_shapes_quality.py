@@ -30,7 +30,22 @@ def square_clip(colours, xs, y=10, side=6, size=32):
 def test_a_square_moving_two_pixels_a_frame_scores_one_everywhere():
     s = score([square_clip([RED] * 8, range(0, 16, 2))])
     assert s == {"clips": 1, "purity": 1.0, "one-colour": 1.0, "frame match": 1.0,
-                 "colour stability": 1.0, "empty frames": 0.0}  # fmt: skip
+                 "colour stability": 1.0, "colours": 1.0, "empty frames": 0.0}  # fmt: skip
+
+
+def test_colours_counts_the_palette_colours_a_set_uses_by_their_shares():
+    palette = [RED, GREEN, BLUE, (255, 255, 0), (255, 0, 255), (0, 255, 255)]
+    six = [square_clip([colour] * 2, [0, 2]) for colour in palette]
+    assert score(six)["colours"] == pytest.approx(6.0)
+    assert score([square_clip([RED] * 2, [0, 2]), square_clip([BLUE] * 2, [0, 2])])[
+        "colours"
+    ] == pytest.approx(2.0)
+    # Three quarters red, a quarter blue: exp of the entropy, 1.75, between 1 and 2.
+    three_red = [square_clip([RED] * 2, [0, 2])] * 3 + [square_clip([BLUE] * 2, [0, 2])]
+    assert score(three_red)["colours"] == pytest.approx(
+        np.exp(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25)))
+    )
+    assert np.isnan(score([np.zeros((2, 32, 32, 3), np.uint8)])["colours"])
 
 
 def test_a_vanishing_object_leaves_empty_frames_that_frame_match_skips():

@@ -1,6 +1,7 @@
 """The task function end to end on CPU: tiny models, a few steps, every part of a run."""
 
 import csv
+import logging
 import math
 from pathlib import Path
 
@@ -129,6 +130,27 @@ def test_resumed_run_ends_exactly_where_the_uninterrupted_one_does(
     assert full["lr_schedulers"] == resumed["lr_schedulers"]
 
 
+def test_a_run_folder_with_a_checkpoint_resumes_it_and_a_finished_one_trains_nothing(
+    tmp_path, caplog
+):
+    """The same run folder again (a fixed run_name, experiment=shapes_vae): its last.ckpt is
+    resumed through vdm's checks; at its max_steps nothing is trained or rewritten."""
+    caplog.set_level(logging.INFO)
+    run(compose_run(tmp_path, "trainer.max_steps=2"))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    written = last.resolve().stat().st_mtime_ns
+    assert run(compose_run(tmp_path, "trainer.max_steps=2")) is None
+    assert last.resolve().stat().st_mtime_ns == written
+    assert "the run is finished, nothing to train" in caplog.text
+    caplog.clear()
+    assert run(compose_run(tmp_path, "trainer.max_steps=4")).global_step == 4
+    assert f"{last} exists: resuming this run folder's run" in caplog.text
+    assert "previous `fit` call will be used" not in caplog.text
+    assert load_checkpoint(last)["global_step"] == 4
+    with pytest.raises(ValueError, match="holds another model"):
+        run(compose_run(tmp_path, "model=transformer_tiny", "trainer.max_steps=6"))
+
+
 def test_resuming_from_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     run(compose_run(tmp_path / "unet", "trainer.max_steps=2"))
     ckpt = tmp_path / "unet" / "checkpoints" / "last.ckpt"
@@ -204,7 +226,7 @@ def test_every_option_of_every_group_composes_and_instantiates(
     tmp_path, request, shared_videos, group, option
 ):
     overrides = [f"{group}={option}"]
-    if (group, option) == ("autoencoder", "vdm"):
+    if (group, option) in (("autoencoder", "vdm"), ("experiment", "shapes_latent")):
         overrides.append(f"autoencoder.ckpt_path={request.getfixturevalue('vae_ckpt')}")
     if (group, option) == ("autoencoder", "diffusers"):
         overrides.append(f"autoencoder.path={tiny_kl_vae(tmp_path / 'kl')}")
@@ -212,7 +234,8 @@ def test_every_option_of_every_group_composes_and_instantiates(
         overrides.append(f"autoencoder.path={tiny_kl_vae(tmp_path / 'kl', levels=4)}")
     if option == "ucf101_wan_latent":
         overrides.append(f"autoencoder.path={tiny_wan_vae(tmp_path / 'wan')}")
-    if (group == "data" and option == "folder") or group == "experiment":
+    ucf101 = option.startswith("ucf101")  # the shapes recipes keep the embedded set
+    if (group == "data" and option == "folder") or ucf101:
         overrides.append(f"data.root={shared_videos / 'real'}")
     if group in ("trainer", "experiment"):  # this machine has no GPU: build them on CPU
         overrides += [
@@ -221,7 +244,7 @@ def test_every_option_of_every_group_composes_and_instantiates(
             "trainer.devices=1",
             "trainer.precision=32-true",
         ]
-    if group == "experiment":
+    if ucf101:
         overrides += ["data.num_classes=7"]
     if (group, option) in (("sampler", "euler"), ("sampler", "heun")):
         overrides.append("diffusion=flow")  # flow samplers integrate a flow

@@ -14,6 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning import Trainer
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from vdm.autoencoders import describe
@@ -34,10 +35,30 @@ log = logging.getLogger(__name__)
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def check_resume(cfg: DictConfig) -> None:
-    """Fail early, in one line, when ``ckpt_path`` cannot resume this run's model."""
-    if not cfg.get("ckpt_path"):
+def resume_own_checkpoint(cfg: DictConfig) -> None:
+    """Without ``ckpt_path``, a run folder that already holds ``checkpoints/last.ckpt`` (the same
+    ``run_name`` again, a requeued SLURM job) resumes from it, through the same checks as an
+    explicit ``ckpt_path``. (Lightning would resume it unasked and unchecked; a SLURM job's
+    ``hpc_ckpt_*.ckpt`` stays Lightning's to pick.)"""
+    if cfg.get("ckpt_path"):
         return
+    try:
+        run_dir = Path(OmegaConf.select(cfg, "paths.output_dir", default=None) or "")
+    except ValueError:  # ${hydra:...} outside a Hydra run: no run folder to look in
+        return
+    folder = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
+    last = Path(folder or run_dir / "checkpoints") / "last.ckpt"
+    requeued = SLURMEnvironment.detect() and any(run_dir.glob("hpc_ckpt_*.ckpt"))
+    if str(run_dir) not in ("", ".") and last.exists() and not requeued:
+        log.info("%s exists: resuming this run folder's run (another run_name starts anew)", last)
+        cfg.ckpt_path = str(last)
+
+
+def check_resume(cfg: DictConfig) -> int | None:
+    """Fail early, in one line, when ``ckpt_path`` cannot resume this run's model; return the
+    checkpoint's optimizer step (None without ``ckpt_path``)."""
+    if not cfg.get("ckpt_path"):
+        return None
     checkpoint = load_checkpoint(cfg.ckpt_path)
     config = checkpoint["hyper_parameters"]
     task, stored_task = cfg.get("task", "diffusion"), config.get("task", "diffusion")
@@ -70,6 +91,7 @@ def check_resume(cfg: DictConfig) -> None:
             "optimizer state (start a new run to change them)",
             ", optimizer.".join(changed),
         )
+    return int(checkpoint.get("global_step", 0))
 
 
 OPTIONS = {"load_vdm_autoencoder": "vdm", "load_diffusers_autoencoder": "diffusers"}
@@ -104,12 +126,21 @@ def run_folder_lock(cfg: DictConfig) -> AbstractContextManager[None]:
     return hold_run_folder(Path(output_dir)) if output_dir else nullcontext()
 
 
-def run(cfg: DictConfig) -> Trainer:
+def run(cfg: DictConfig) -> Trainer | None:
     """Check ``cfg`` (before any data is rendered), then train in a run folder no other live
-    run holds; a signal's stop exits with ``128 + n`` after its checkpoint."""
+    run holds; a signal's stop exits with ``128 + n`` after its checkpoint. A checkpoint that
+    already reached ``trainer.max_steps`` trains nothing and returns None."""
+    resume_own_checkpoint(cfg)
     fill_autoencoder_geometry(cfg)  # the checks work in latent units
     check_train_config(cfg)
-    check_resume(cfg)
+    step = check_resume(cfg)
+    if step is not None and 0 < cfg.trainer.max_steps <= step:
+        log.info(
+            "ckpt_path=%s is at step %d, trainer.max_steps=%d: the run is finished, nothing to "
+            "train (raise trainer.max_steps to train on)", cfg.ckpt_path, step,
+            cfg.trainer.max_steps,
+        )  # fmt: skip
+        return None
     try:
         with run_folder_lock(cfg):
             return fit(cfg)
@@ -162,7 +193,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             # A learning rate that diverges is an answer for the search, not a reason to stop it.
             log.error("This trial diverged; the sweeper gets inf. %s", error)
             return float("inf")
-        return optimized_value(cfg, trainer)
+        return None if trainer is None else optimized_value(cfg, trainer)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ interpolation and long videos, seeded per clip. Shared by ``python -m vdm.sample
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -42,6 +43,17 @@ def class_labels(labels: list[int] | None, num_samples: int, num_classes: int) -
     if any(not 0 <= c < num_classes for c in labels):
         raise UserError(f"labels={labels}: this model knows classes 0..{num_classes - 1}.")
     return [labels[i % len(labels)] for i in range(num_samples)]
+
+
+def for_latents(sampler: SamplingLoop) -> SamplingLoop:
+    """``sampler`` without its clamp of x0 estimates to ``[-1, 1]`` (``clip_denoised``): that is
+    the range of pixels, while normalised latents have unit standard deviation, so the clamp
+    would cut a third of their values (as diffusers' latent pipelines, ``clip_sample=False``)."""
+    if not getattr(sampler, "clip_denoised", False):
+        return sampler
+    unclamped = copy.copy(sampler)
+    unclamped.clip_denoised = False
+    return unclamped
 
 
 def sampler_name(sampler: SamplingLoop, num_steps: int) -> str:
@@ -91,6 +103,8 @@ def sample_videos(
     key = (window_index,) if window_index else ()
     autoencoder = model.autoencoder
     latent_shape = autoencoder.latent_shape(clip_shape)  # clip_shape itself in pixel space
+    if autoencoder.fingerprint is not None:
+        sampler = for_latents(sampler)
     clips = []
     for start in range(0, num_samples, batch_size):
         stop = min(start + batch_size, num_samples)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import signal
+import warnings
 
 import torch
 from lightning import LightningDataModule, Trainer, seed_everything
@@ -32,6 +33,11 @@ from vdm.training.latent_cache import cached_training_set
 from vdm.training.lightning_internals import trained_in_this_process
 
 log = logging.getLogger(__name__)
+
+
+FRESH_START_WARNINGS = (
+    r".*(ckpt_path=None\)` was called without a model|there is no last checkpoint)"
+)
 
 
 class RunEndedEarly(UserError):
@@ -109,7 +115,11 @@ def fit(cfg: DictConfig) -> Trainer:
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        with warnings.catch_warnings():
+            # A fresh run (the CLI resumes a folder's own last.ckpt explicitly): Lightning looks
+            # for a "last" checkpoint anyway because of CheckpointOnSignal and warns it found none.
+            warnings.filterwarnings("ignore", message=FRESH_START_WARNINGS)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     except SIGTERMException:  # Lightning's stop after a signal: a SystemExit with status 0
         on_signal = next((c for c in callbacks if isinstance(c, CheckpointOnSignal)), None)
         signum = (on_signal.signum if on_signal else None) or signal.SIGTERM
