@@ -16,6 +16,7 @@ from vdm.autoencoders import (
     load_diffusers_autoencoder,
     load_vdm_autoencoder,
 )
+from vdm.autoencoders.base import frame_count_near, latent_frame_count
 from vdm.cli.checks import ConfigError, check_train_config
 from vdm.cli.train import run
 from vdm.errors import UserError
@@ -326,3 +327,11 @@ def test_resuming_a_vae_run_checks_its_task_and_vae_config(vae_ckpt, tmp_path):
     with pytest.raises(UserError, match=r"holds another vae \(vae.base_channels differ"):
         run(compose_run(tmp_path / "b", "task=autoencoder", "vae.base_channels=8",
                         f"ckpt_path={vae_ckpt}", "~logger"))  # fmt: skip
+
+
+def test_the_frame_rule_for_causal_and_plain_temporal_factors():
+    assert [latent_frame_count(n, 4, True) for n in (1, 5, 17, 8, 0)] == [1, 2, 5, None, None]
+    assert [latent_frame_count(n, 4, False) for n in (4, 8, 16, 6, 2)] == [1, 2, 4, None, None]
+    assert [latent_frame_count(n, 1, c) for n in (1, 7) for c in (True, False)] == [1, 1, 7, 7]
+    assert [frame_count_near(n, 4, True) for n in (8, 18, 2)] == [5, 17, 5]
+    assert [frame_count_near(n, 4, False) for n in (6, 2, 17)] == [4, 4, 16]

@@ -476,3 +476,37 @@ def test_latent_diffusion_from_vae_training_to_evaluation(tmp_path):
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert json.loads(out.read_text())["protocol"]["num_clips"] == 2
+
+
+def test_make_trains_two_runs_reuse_the_vae_and_two_ddp_ranks_share_one_latent_cache(
+    tmp_path, monkeypatch
+):
+    """``make train``'s two commands on a small shapes set: the VAE run, the same command again
+    (finished: nothing trained), then latent diffusion reading the VAE from where
+    ``experiment=shapes_vae`` put it, as 2 DDP processes over gloo that build one cache."""
+    small = ["data.num_train=32", "data.num_val=4", "trainer.limit_val_batches=1"]
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VDM_CACHE_DIR", str(cache))  # train() passes the environment on
+    vae = ["experiment=shapes_vae", *small, "trainer.max_steps=6", "trainer.val_check_interval=6"]
+    train(tmp_path, *vae)
+    last = tmp_path / "logs" / "runs" / "shapes_vae" / "checkpoints" / "last.ckpt"
+    assert step_of(last) == 6
+    again = train(tmp_path, *vae)
+    assert "the run is finished, nothing to train" in again.stdout + again.stderr
+    assert step_of(last) == 6
+    latent = train(
+        tmp_path, "experiment=shapes_latent", *small, "trainer.max_steps=4",
+        "trainer.val_check_interval=4", "callbacks.sample_videos.num_samples=1",
+        "trainer.devices=2", "trainer.accelerator=cpu", "run_name=latent",
+    )  # fmt: skip
+    output = latent.stdout + latent.stderr
+    checkpoint = tmp_path / "logs" / "runs" / "latent" / "checkpoints" / "last.ckpt"
+    assert step_of(checkpoint) == 4
+    (key,) = list((cache / "latents").iterdir())  # one cache for both ranks
+    manifest = json.loads((key / "manifest.json").read_text())
+    assert manifest["clips"] == 32  # latents.windows=1: one clip per training video
+    trained_on = torch.load(checkpoint, map_location="cpu", weights_only=True)["autoencoder"]
+    assert manifest["key"]["autoencoder"]["sha256"] == trained_on["sha256"]
+    assert "Latent cache ready: 32 clips" in output
+    samples = tmp_path / "logs" / "runs" / "latent" / "samples" / "step_000004"
+    assert len(list(samples.glob("sample_*.mp4"))) == 3  # one per class, decoded to pixels

@@ -59,6 +59,7 @@ def simulate(
         if trainer.global_step in validate_at:
             callback.on_validation_start(trainer, None)
             callback.clock.now += 100.0
+            trainer.callback_metrics.update({"val/loss": torch.tensor(0.04321), "val/psnr": 28.5})
             callback.on_validation_end(trainer, None)
 
 
@@ -95,7 +96,7 @@ def test_validation_time_is_left_out_of_the_rate_and_has_its_own_lines(caplog):
     simulate(callback, fake_trainer(max_steps=10), steps=10, seconds_per_step=1.0, validate_at=(2,))
     assert lines(caplog) == [
         "validating at step 2",
-        "validated at step 2 in 100.0 s",
+        "validated at step 2 in 100.0 s: val/loss 0.04321, val/psnr 28.5",
         "step 4/10 (40%) loss 0.2500 1.00 it/s ETA 0:00:06",
         "step 8/10 (80%) loss 0.1250 1.00 it/s ETA 0:00:02",
         "step 10/10 (100%) loss 0.1000 1.00 it/s ETA 0:00:00",  # the last step, always

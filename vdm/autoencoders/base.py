@@ -24,6 +24,22 @@ def weights_sha256(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def latent_frame_count(frames: int, factor: int, causal: bool) -> int | None:
+    """Latent frames of a ``frames``-frame clip under the frame rule: ``1 + factor·k`` frames for
+    a causal autoencoder (the first frame alone), a multiple of ``factor`` otherwise; None for a
+    count off the rule."""
+    if causal:
+        return 1 + (frames - 1) // factor if frames >= 1 and (frames - 1) % factor == 0 else None
+    return frames // factor if frames >= factor and frames % factor == 0 else None
+
+
+def frame_count_near(frames: int, factor: int, causal: bool) -> int:
+    """A frame count on the rule near ``frames``, for messages."""
+    if causal:
+        return 1 + factor * max(1, (frames - 1) // factor)
+    return max(factor, frames // factor * factor)
+
+
 class Autoencoder:
     """A frozen autoencoder behind vdm's interface.
 
@@ -89,15 +105,11 @@ class Autoencoder:
     def latent_frames_for(self, frames: int) -> int:
         """Latent frames of a ``frames``-frame clip; a count off the frame rule is refused."""
         f = self.temporal_factor
-        if self.causal and (frames - 1) % f == 0 and frames >= 1:
-            return 1 + (frames - 1) // f
-        if not self.causal and frames % f == 0 and frames >= f:
-            return frames // f
-        rule = (
-            f"1 + {f}·k (e.g. {1 + f * max(1, (frames - 1) // f)})"
-            if self.causal
-            else (f"a multiple of {f}")
-        )
+        latent = latent_frame_count(frames, f, self.causal)
+        if latent is not None:
+            return latent
+        near = frame_count_near(frames, f, self.causal)
+        rule = f"1 + {f}·k (e.g. {near})" if self.causal else f"a multiple of {f}"
         raise UserError(
             f"{frames} frames: this autoencoder (temporal factor {f}) takes {rule} frames per "
             "clip: change data.clip_len (or frames=)."

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from vdm.autoencoders.base import frame_count_near, latent_frame_count
 from vdm.cli.optimization_checks import check_optimization
 from vdm.errors import UserError
 from vdm.inference.build import is_flow
@@ -141,23 +142,17 @@ def check_latent_geometry(cfg: DictConfig) -> tuple[int | None, int | None]:
             f"data.size={size}: the autoencoder (spatial factor {spatial}) needs a multiple of "
             f"{spatial}: e.g. data.size={max(spatial, size // spatial * spatial)}."
         )
-    if clip_len is not None and temporal > 1:
-        if causal and (clip_len - 1) % temporal:
-            raise ConfigError(
-                f"data.clip_len={clip_len}: the causal autoencoder (temporal factor {temporal}) "
-                f"takes 1 + {temporal}·k frames: e.g. data.clip_len="
-                f"{1 + temporal * max(1, (clip_len - 1) // temporal)}."
-            )
-        if not causal and clip_len % temporal:
-            raise ConfigError(
-                f"data.clip_len={clip_len}: the autoencoder (temporal factor {temporal}) needs a "
-                f"multiple of {temporal}: e.g. data.clip_len="
-                f"{max(temporal, clip_len // temporal * temporal)}."
-            )
     latent_size = None if size is None else size // spatial
-    if clip_len is None:
-        return latent_size, None
-    latent_len = 1 + (clip_len - 1) // temporal if causal else clip_len // temporal
+    if clip_len is None or temporal == 1:
+        return latent_size, clip_len
+    latent_len = latent_frame_count(clip_len, temporal, causal)
+    if latent_len is None:
+        rule = f"takes 1 + {temporal}·k frames" if causal else f"needs a multiple of {temporal}"
+        raise ConfigError(
+            f"data.clip_len={clip_len}: the {'causal ' if causal else ''}autoencoder (temporal "
+            f"factor {temporal}) {rule}: e.g. data.clip_len="
+            f"{frame_count_near(clip_len, temporal, causal)}."
+        )
     return latent_size, latent_len
 
 

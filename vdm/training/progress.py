@@ -50,9 +50,9 @@ class ProgressLog(Callback):
 
     with the latest ``train/loss`` and the optimizer steps per second since the previous line,
     validation excluded; the ETA assumes that rate for the remaining steps. It also logs
-    ``validating at step 800`` and ``validated at step 800 in 12.3 s`` (sample videos
-    included). Lines go through the ``vdm.training.progress`` logger (INFO, rank zero only),
-    which Hydra sends to stdout and to ``<run dir>/train.log``.
+    ``validating at step 800`` and ``validated at step 800 in 12.3 s: val/loss 0.0431`` (sample
+    videos included; every ``val/`` metric). Lines go through the ``vdm.training.progress``
+    logger (INFO, rank zero only), which Hydra sends to stdout and to ``<run dir>/train.log``.
 
     On a terminal the progress bar shows all this, so the callback stays silent there unless
     ``on_terminal`` is set; it speaks when stdout is a file or a pipe (``slurm-<id>.out``,
@@ -146,4 +146,10 @@ class ProgressLog(Callback):
         if not self.active or self.validation_start is None:
             return
         seconds = self.clock() - self.validation_start
-        log.info("validated at step %d in %.1f s", trainer.global_step, seconds)
+        values = [
+            f"{name} {float(value):.4g}"
+            for name, value in sorted(trainer.callback_metrics.items())
+            if name.startswith("val/")
+        ]
+        scores = f": {', '.join(values)}" if values else ""
+        log.info("validated at step %d in %.1f s%s", trainer.global_step, seconds, scores)
