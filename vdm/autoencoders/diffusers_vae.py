@@ -1,7 +1,11 @@
 """A published autoencoder saved by diffusers (``save_pretrained``) behind vdm's interface: the
 class is read from the folder's ``config.json``; an image VAE (``AutoencoderKL``) is applied to
 every frame, a video VAE (``AutoencoderKLWan``, ``...CogVideoX``, ``...LTXVideo``,
-``...HunyuanVideo``) to the clip. Nothing is downloaded: the folder is the model."""
+``...HunyuanVideo``) to the clip. Nothing is downloaded: the folder is the model.
+
+CogVideoX decodes an even number of latent frames ``T'`` to ``4·T'`` frames, not
+``1 + 4·(T' - 1)``: it takes ``1 + 8·k`` frames (an odd number of latent frames). A
+timestep-conditioned decoder (LTX-Video 0.9.1 on) decodes at timestep 0, its pipelines' default."""
 
 from __future__ import annotations
 
@@ -12,7 +16,12 @@ from pathlib import Path
 
 import torch
 
-from vdm.autoencoders.base import Autoencoder, check_geometry
+from vdm.autoencoders.base import (
+    Autoencoder,
+    check_geometry,
+    frame_count_near,
+    latent_frame_count,
+)
 from vdm.autoencoders.dtypes import torch_dtype
 from vdm.errors import MissingFileError, UserError
 
@@ -20,6 +29,7 @@ log = logging.getLogger(__name__)
 
 KEY = "autoencoder.path"
 IMAGE_VAES = ("AutoencoderKL",)  # applied frame by frame
+ODD_LATENT_FRAMES = ("AutoencoderKLCogVideoX",)  # decodes latent frames in pairs after the first
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
@@ -66,15 +76,15 @@ def factors(vae: torch.nn.Module) -> tuple[int, int]:
     """``(spatial, temporal)`` compression of a diffusers autoencoder: its own attributes where
     it sets them, else its config (Wan: ``scale_factor_*``; image VAEs: one halving per block
     after the first, no temporal compression)."""
-    config = vae.config
+    config, own = vae.config, vars(vae)  # not getattr: diffusers warns on config fallbacks
     spatial = (
-        getattr(vae, "spatial_compression_ratio", None)
+        own.get("spatial_compression_ratio")
         or config.get("spatial_compression_ratio")
         or config.get("scale_factor_spatial")
         or 2 ** (len(config.get("block_out_channels", [0])) - 1)
     )
     temporal = (
-        getattr(vae, "temporal_compression_ratio", None)
+        own.get("temporal_compression_ratio")
         or config.get("temporal_compression_ratio")
         or config.get("scale_factor_temporal")
         or 1
@@ -142,13 +152,36 @@ class DiffusersAutoencoder(Autoencoder):
     ):
         spatial, temporal = factors(vae)
         shift, scale = normalisation(vae)
-        self.per_frame = type(vae).__name__ in IMAGE_VAES
+        self.name = type(vae).__name__
+        self.per_frame = self.name in IMAGE_VAES
+        self.odd_latent_frames = self.name in ODD_LATENT_FRAMES and temporal > 1
+        self.timestep_conditioned = bool(vae.config.get("timestep_conditioning"))
         self.frame_chunk = frame_chunk
         channels = vae.config.get("latent_channels") or vae.config.get("z_dim")
         super().__init__(
             vae, int(channels), spatial, temporal, causal=temporal > 1, shift=shift, scale=scale,
             fingerprint=fingerprint, dtype=dtype, batch_chunk=batch_chunk,
         )  # fmt: skip
+
+    def latent_frames_for(self, frames: int) -> int:
+        """As :meth:`Autoencoder.latent_frames_for`; CogVideoX also refuses an even number of
+        latent frames (its decoder would give ``temporal_factor·T'`` frames)."""
+        f = 2 * self.temporal_factor
+        if self.odd_latent_frames and latent_frame_count(frames, f, causal=True) is None:
+            raise UserError(
+                f"{frames} frames: {self.name} (temporal factor {self.temporal_factor}) decodes an "
+                f"odd number of latent frames only, so it takes 1 + {f}·k frames (e.g. "
+                f"{frame_count_near(frames, f, causal=True)}) per clip: change data.clip_len "
+                "(or frames=)."
+            )
+        return super().latent_frames_for(frames)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The model's video of ``z``; a timestep-conditioned decoder at timestep 0, as its
+        pipelines decode by default (``decode_timestep=0``: no noise mixed in)."""
+        if self.timestep_conditioned:
+            return self.network.decode(z, temb=z.new_zeros(len(z))).sample
+        return self.network.decode(z).sample
 
     def _per_frame(self, x: torch.Tensor, fn) -> list[torch.Tensor]:
         b, c, t, h, w = x.shape
@@ -170,8 +203,8 @@ class DiffusersAutoencoder(Autoencoder):
 
     def raw_decode(self, z: torch.Tensor) -> torch.Tensor:
         if not self.per_frame:
-            return self.network.decode(z).sample
-        parts, b, t = self._per_frame(z, lambda x: self.network.decode(x).sample)
+            return self._decode(z)
+        parts, b, t = self._per_frame(z, self._decode)
         return self._as_video(parts, b, t)
 
 
