@@ -370,6 +370,7 @@ def test_bad_sampling_values_are_one_line(conditional_ckpt, tmp_path, overrides,
         (["+data.clip_length=3"], "vdm: error: data.clip_length is not a data option: use one of"),
         (["callbacks.nonfinite.mode=often"], "vdm: error: callbacks.nonfinite.mode='often': use"),
         (["+trainer.max_step=3"], "vdm: error: trainer: Trainer.__init__() got an unexpected"),
+        (["+callbacks.ema.decy=0.9"], "vdm: error: callbacks.ema: EMA.__init__() got an unexpe"),
     ],
 )
 def test_a_value_or_key_a_constructor_refuses_is_one_line_naming_it(

@@ -151,6 +151,15 @@ def test_a_run_folder_with_a_checkpoint_resumes_it_and_a_finished_one_trains_not
         run(compose_run(tmp_path, "model=transformer_tiny", "trainer.max_steps=6"))
 
 
+def test_debug_fast_runs_on_a_folder_of_videos(tmp_path, shared_videos):
+    """debug=fast's small rendered set is the shapes set's own keys; a folder keeps its files."""
+    cfg = compose_run(tmp_path, "data=folder", f"data.root={shared_videos / 'real'}")
+    assert "num_train" not in cfg.data
+    assert run(cfg).global_step == 4
+    shapes = compose_run(tmp_path / "shapes")
+    assert (shapes.data.num_train, shapes.data.num_val) == (16, 4)
+
+
 def test_resuming_from_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     run(compose_run(tmp_path / "unet", "trainer.max_steps=2"))
     ckpt = tmp_path / "unet" / "checkpoints" / "last.ckpt"

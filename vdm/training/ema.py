@@ -3,6 +3,7 @@ training weights whenever they are written."""
 
 from __future__ import annotations
 
+import torch
 from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
@@ -22,13 +23,34 @@ class EMA(EMAWeightAveraging):
     Example:
         >>> trainer = Trainer(callbacks=[EMA(decay=0.999)])
 
+    The arguments are those of Lightning's ``EMAWeightAveraging``, named here so that a
+    misspelt key fails when the callback is built, not when Lightning passes it on to
+    ``AveragedModel`` at the start of training.
+
     Args:
-        *args, **kwargs: those of Lightning's ``EMAWeightAveraging`` (``decay``,
-            ``update_every_n_steps``, ``update_starting_at_step``, ...).
+        decay: EMA decay per update.
+        update_every_n_steps: optimizer steps between updates.
+        update_starting_at_step: the first step that updates (None: from the start).
+        update_starting_at_epoch: the first epoch that updates (None: from the start).
+        device: where the averaged copy lives (None: with the model).
+        use_buffers: average the buffers too.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        decay: float = 0.999,
+        update_every_n_steps: int = 1,
+        update_starting_at_step: int | None = None,
+        update_starting_at_epoch: int | None = None,
+        device: torch.device | str | int | None = None,
+        use_buffers: bool = True,
+    ) -> None:
+        super().__init__(
+            device=device, use_buffers=use_buffers, decay=decay,
+            update_every_n_steps=update_every_n_steps,
+            update_starting_at_step=update_starting_at_step,
+            update_starting_at_epoch=update_starting_at_epoch,
+        )  # fmt: skip
         self.swapped = False  # the module holds the EMA weights (during validation)
 
     @property
