@@ -54,14 +54,10 @@ def key_parts(dataset: VideoClipDataset, autoencoder: Autoencoder, windows: int)
     }
 
 
-def whole_shard_digest(path: Path) -> str | None:
-    """The SHA-256 of a shard written to the end (its file matches its sidecar), else None."""
-    sidecar = path.with_name(path.name + ".checksum")
-    try:
-        recorded = sidecar.read_text().split()[0]
-        return recorded if recorded == sha256_of(path) else None
-    except (OSError, IndexError):
-        return None
+def shard_is_whole(path: Path) -> bool:
+    """A shard written to the end: its file matches its SHA-256 sidecar."""
+    recorded = recorded_digest(path)
+    return recorded is not None and recorded == sha256_of(path)
 
 
 def recorded_digest(path: Path) -> str | None:
@@ -149,7 +145,7 @@ def build_latent_cache(
     started, encoded = time.perf_counter(), 0
     for index in range(rank, shards, world_size):
         path = shard_path(folder, index)
-        if whole_shard_digest(path):  # written by a build that was killed later
+        if shard_is_whole(path):  # written by a build that was killed later
             continue
         items = range(index * shard_size, min((index + 1) * shard_size, clips))
         save_shard(
