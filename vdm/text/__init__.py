@@ -1,0 +1,12 @@
+"""Text encoders: captions → :class:`TextEmbedding` (tokens, mask, pooled) for the denoisers.
+
+Every encoder has ``encode(list[str]) -> TextEmbedding``, ``dim`` (the token and pooled width),
+``max_length`` (the padded length ``L``: every call pads to it, so embeddings of one encoder
+always stack), ``trainable`` and ``fingerprint`` (None for an encoder trained with the run; a
+dict naming the weights of a frozen one, recorded in checkpoints). The null prompt, for
+classifier-free guidance and caption dropout, is the embedding of ``""``, never zeros.
+"""
+
+from vdm.text.embedding import TextEmbedding
+
+__all__ = ["TextEmbedding"]
