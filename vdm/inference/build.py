@@ -59,6 +59,16 @@ def build_model(cfg: DictConfig) -> nn.Module:
     return model
 
 
+def build_text_encoder(cfg: DictConfig) -> nn.Module | None:
+    """The text encoder of ``cfg.text_encoder``, or None (``text_encoder=none``, and the configs
+    of checkpoints written before text encoders)."""
+    conf = OmegaConf.select(cfg, "text_encoder")
+    if conf is None or "_target_" not in conf:
+        return None
+    log.info("Instantiating text encoder <%s>", conf._target_)
+    return instantiate_config(conf, "text_encoder")
+
+
 def build_sampler(sampler: DictConfig) -> SamplingLoop:
     """The sampler of a ``sampler`` config."""
     log.info("Instantiating sampler <%s>", sampler._target_)

@@ -45,6 +45,21 @@ def class_labels(labels: list[int] | None, num_samples: int, num_classes: int) -
     return [labels[i % len(labels)] for i in range(num_samples)]
 
 
+def clip_prompts(model: Generative, prompts: list[str] | None, num_samples: int) -> list[str] | None:
+    """The prompt of each clip: ``prompts`` cycled, ``""`` for every clip of a text model given
+    none, None for a model without text (which refuses prompts)."""
+    if not model.takes_text:
+        if prompts:
+            raise UserError(
+                f"prompt={prompts[0]!r} needs a text-conditional model; this checkpoint was "
+                "trained without a text encoder (text_encoder=none): leave prompt unset."
+            )
+        return None
+    if not prompts:
+        return [""] * num_samples
+    return [str(prompts[i % len(prompts)]) for i in range(num_samples)]
+
+
 def for_latents(sampler: SamplingLoop) -> SamplingLoop:
     """``sampler`` without its clamp of x0 estimates to ``[-1, 1]`` (``clip_denoised``): that is
     the range of pixels, while normalised latents have unit standard deviation, so the clamp
@@ -76,6 +91,8 @@ def sample_videos(
     context: tuple[torch.Tensor, torch.Tensor] | None = None,
     window_index: int = 0,
     interrupt: Callable[[], bool] | None = None,
+    prompts: list[str] | None = None,
+    negative_prompt: str = "",
 ) -> torch.Tensor:
     """``num_samples`` clips of ``clip_shape = (C, T, H, W)``: float ``(N, C, T, H, W)`` on the CPU.
 
@@ -93,7 +110,11 @@ def sample_videos(
             returned unchanged.
         interrupt: asked before every model call; True stops with
             :class:`~vdm.inference.model.SamplingInterrupted`.
+        prompts: one prompt per clip, for a text-conditional model (None: the null prompt
+            ``""``, i.e. unconditional samples).
+        negative_prompt: what the unconditional half of guidance is given instead of ``""``.
     """
+    prompts = clip_prompts(model, prompts, num_samples)
     if precision not in AUTOCAST_DTYPES:
         raise UserError(f"precision={precision}: use one of {', '.join(AUTOCAST_DTYPES)}.")
     if batch_size < 1 or num_samples < 1:
@@ -122,6 +143,10 @@ def sample_videos(
             given = (context[0][start:stop].to(device), context[1][start:stop].to(device))
             latent_given = (autoencoder.encode(given[0]), autoencoder.latent_mask(given[1]))
         generator = torch.Generator(device=device).manual_seed(clip_seed(seed, 1, start, *key))
+        text = {}
+        if prompts is not None:
+            text["text"] = model.encode_text(prompts[start:stop])
+            text["null_text"] = model.encode_text([negative_prompt])
         autocast = torch.autocast(device.type, dtype) if dtype else contextlib.nullcontext()
         with autocast:
             latents = model.generate(
@@ -134,6 +159,7 @@ def sample_videos(
                 x_T=x_T,
                 context=latent_given,
                 interrupt=interrupt,
+                **text,
             )
         videos = autoencoder.decode(latents)
         if given is not None and autoencoder.fingerprint is not None:

@@ -14,9 +14,9 @@ from torch import nn
 from vdm.autoencoders import Autoencoder, PixelSpace
 from vdm.diffusion.flow import FlowMatching
 from vdm.diffusion.process import GaussianDiffusion
-from vdm.diffusion.samplers import guided
 from vdm.diffusion.sampling_loop import SamplingLoop
 from vdm.errors import UserError
+from vdm.text.embedding import TextEmbedding
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ class Generative(Protocol):
     @property
     def device(self) -> torch.device: ...
 
+    def encode_text(self, prompts: list[str]) -> TextEmbedding | None: ...
+
     @property
     def num_classes(self) -> int: ...
 
@@ -60,6 +62,52 @@ def takes_given_frames(denoiser: nn.Module) -> bool:
     return getattr(denoiser, "frame_conditioning", False)
 
 
+def takes_text(denoiser: nn.Module) -> bool:
+    """Whether the denoiser was built with text (cross-attention to captions)."""
+    return bool(getattr(denoiser, "text_dim", 0))
+
+
+def join(a, b):
+    """Two conditions of one kind (tensors, text embeddings or None) as one batch."""
+    if a is None:
+        return None
+    if isinstance(a, TextEmbedding):
+        return TextEmbedding.cat([a, b])
+    return torch.cat([a, b])
+
+
+def guided_by(
+    denoiser: Callable[..., torch.Tensor], cond: dict, uncond: dict, scale: float
+) -> Callable[..., torch.Tensor]:
+    """Classifier-free guidance (Ho & Salimans 2022) over any conditions, as a ``model_fn``.
+
+    Returns ``u + scale·(c - u)`` with ``c = denoiser(x, t, **cond)`` and ``u`` the output for
+    ``uncond`` (the null label, the null prompt's or a negative prompt's embedding); both halves
+    run as one batch. With labels and text both present, ``uncond`` drops both. Given frames
+    (``context``) stay in both halves. ``scale = 1`` skips the unconditional half.
+
+    Args:
+        denoiser: ``denoiser(x, t, labels=..., context=..., text=...)``.
+        cond: the conditional keyword arguments (``labels``, ``text``).
+        uncond: the same keys, unconditional.
+        scale: guidance scale ``w``; 1 = none.
+    """
+
+    def model_fn(
+        x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if scale == 1:
+            return denoiser(x, t, context=context, **cond)
+        both = {key: join(value, uncond[key]) for key, value in cond.items()}
+        out = denoiser(
+            torch.cat([x, x]), torch.cat([t, t]), context=join(context, context), **both
+        )
+        conditional, unconditional = out.chunk(2)
+        return unconditional + scale * (conditional - unconditional)
+
+    return model_fn
+
+
 @torch.no_grad()
 def generate(
     denoiser: nn.Module,
@@ -74,6 +122,8 @@ def generate(
     context: tuple[torch.Tensor, torch.Tensor] | None = None,
     device: torch.device | None = None,
     interrupt: Callable[[], bool] | None = None,
+    text: TextEmbedding | None = None,
+    null_text: TextEmbedding | None = None,
 ) -> torch.Tensor:
     """Sample videos ``shape = (N, C, T, H, W)`` in [-1, 1] from ``denoiser`` (in eval mode for
     the call, its mode restored after).
@@ -91,6 +141,9 @@ def generate(
         device: where to sample; None = the denoiser's device.
         interrupt: asked before every model call; True stops sampling with
             :class:`SamplingInterrupted` (a signal then ends a run within one sampler step).
+        text: ``(N, ...)`` the prompts' embedding, for a denoiser built with text.
+        null_text: the unconditional half's embedding under guidance (the null prompt's, or a
+            negative prompt's), one row or ``N``.
     """
     num_classes = num_classes_of(denoiser)
     if context is not None and context[1].any() and not takes_given_frames(denoiser):
@@ -98,24 +151,34 @@ def generate(
             "This checkpoint was trained without frame masks (context=none), so it cannot "
             "be given frames: train with context=mixed, or sample with task=generate."
         )
-    if guidance_scale != 1 and num_classes == 0:
+    with_text = takes_text(denoiser)
+    if guidance_scale != 1 and num_classes == 0 and not with_text:
         raise UserError(
-            f"guidance_scale={guidance_scale} needs a class-conditional model; this one is "
-            "unconditional (num_classes=0): use guidance_scale=1."
+            f"guidance_scale={guidance_scale} needs a class- or text-conditional model; this one "
+            "is unconditional (num_classes=0, no text encoder): use guidance_scale=1."
+        )
+    if with_text and (text is None or (guidance_scale != 1 and null_text is None)):
+        raise UserError(
+            "This model is text-conditional: pass text= (and null_text= under guidance), the "
+            "embeddings of the prompts and of the null prompt \"\"."
         )
     if device is None:
         device = next(denoiser.parameters()).device
     was_training = denoiser.training
     denoiser.eval()
     try:
-        if labels is not None and guidance_scale != 1:
-            model_fn = guided(denoiser, labels, guidance_scale, num_classes)
-        else:
-
-            def model_fn(
-                x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None
-            ) -> torch.Tensor:
-                return denoiser(x, t, labels, context=context)
+        cond, uncond = {}, {}
+        if labels is not None:
+            cond["labels"] = labels
+            uncond["labels"] = torch.full_like(labels, num_classes)
+        if with_text:
+            n = shape[0]
+            cond["text"] = text
+            if null_text is not None:
+                uncond["text"] = null_text if len(null_text) == n else null_text[[0] * n]
+        # Guidance needs something to drop; without labels or text it is the model alone.
+        scale = guidance_scale if uncond else 1.0
+        model_fn = guided_by(denoiser, cond, uncond, scale)
 
         if interrupt is not None:
             model_fn = interruptible(model_fn, interrupt)
@@ -139,6 +202,23 @@ def interruptible(model_fn: Callable[..., torch.Tensor], interrupt: Callable[[],
     return checked
 
 
+def text_encoder_of(holder: object) -> nn.Module | None:
+    """The text encoder ``holder`` was given, or None."""
+    return getattr(holder, "text_encoder", None)
+
+
+def attach_text_encoder(holder: nn.Module, encoder: nn.Module | None) -> None:
+    """Give ``holder`` its text encoder: a trainable one as a sub-module (in the state dict and
+    the optimizer, under ``text_encoder.*``), a frozen one as a plain attribute (never trained,
+    never in the state dict; checkpoints name it by its fingerprint)."""
+    if encoder is None:
+        return
+    if encoder.trainable:
+        holder.text_encoder = encoder
+    else:
+        object.__setattr__(holder, "text_encoder", encoder)
+
+
 class DenoiserHolder:
     """What a module holding ``denoiser``, ``diffusion`` and ``autoencoder`` offers, shared by
     :class:`DiffusionModel` and the Lightning module: its class count, whether it takes given
@@ -153,6 +233,8 @@ class DenoiserHolder:
     denoiser: nn.Module
     diffusion: Process
     autoencoder: Autoencoder = PixelSpace()
+    # No class-level ``text_encoder = None``: it would hide a trainable encoder registered as a
+    # sub-module (nn.Module keeps those out of __dict__); read it through text_encoder_of.
 
     @property
     def num_classes(self) -> int:
@@ -164,14 +246,31 @@ class DenoiserHolder:
         """Whether the denoiser takes given frames (trained with context masks)."""
         return takes_given_frames(self.denoiser)
 
+    @property
+    def takes_text(self) -> bool:
+        """Whether the denoiser is prompted with text."""
+        return takes_text(self.denoiser)
+
+    def encode_text(self, prompts: list[str]) -> TextEmbedding | None:
+        """The prompts' embedding on the denoiser's device (None for a model without text)."""
+        encoder = text_encoder_of(self)
+        if encoder is None:
+            return None
+        device = next(self.denoiser.parameters()).device
+        if not encoder.trainable:  # frozen: a plain attribute, moved on first use
+            encoder.to(device)
+        return encoder.encode(list(prompts)).to(device)
+
     def forward(
         self,
         x: torch.Tensor,
         t: torch.Tensor,
         labels: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
+        text: TextEmbedding | None = None,
     ) -> torch.Tensor:
-        return self.denoiser(x, t, labels, context=context)
+        extra = {} if text is None else {"text": text}
+        return self.denoiser(x, t, labels, context=context, **extra)
 
     def generate(self, sampler: SamplingLoop, shape: tuple[int, ...], **options) -> torch.Tensor:
         """Sample the denoiser's space, ``shape = (N, C, T, H, W)`` (latents with an
@@ -195,16 +294,24 @@ class DiffusionModel(DenoiserHolder, nn.Module):
         denoiser: ``UNet3D``, ``SpaceTimeTransformer`` or any module with their ``forward``.
         diffusion: the process it was trained with (``GaussianDiffusion`` or ``FlowMatching``).
         autoencoder: the frozen autoencoder whose latents it was trained on (None: pixels).
+        text_encoder: the text encoder of a text-conditional denoiser: a sub-module when it
+            was trained with the denoiser (its weights are in the checkpoint), a plain
+            attribute when frozen (as the autoencoder).
     """
 
     def __init__(
-        self, denoiser: nn.Module, diffusion: Process, autoencoder: Autoencoder | None = None
+        self,
+        denoiser: nn.Module,
+        diffusion: Process,
+        autoencoder: Autoencoder | None = None,
+        text_encoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.denoiser = denoiser
         self.diffusion = diffusion
         if autoencoder is not None:
             self.autoencoder = autoencoder
+        attach_text_encoder(self, text_encoder)
 
     @property
     def device(self) -> torch.device:

@@ -21,9 +21,16 @@ from vdm.data.dataset import read_video_start
 from vdm.diffusion.sampling_loop import SamplingLoop
 from vdm.errors import UserError
 from vdm.files.checkpoint import load_checkpoint
-from vdm.inference.build import build_autoencoder, build_diffusion, build_model, build_sampler
+from vdm.inference.build import (
+    build_autoencoder,
+    build_diffusion,
+    build_model,
+    build_sampler,
+    build_text_encoder,
+)
 from vdm.inference.generation import sample_videos, sampler_name
 from vdm.inference.model import DiffusionModel
+from vdm.text import check_same_text_encoder
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +84,7 @@ class LoadedRun:
         (none) for unconditional ones."""
         if scale is not None:
             return scale
-        if self.model.num_classes == 0:
+        if self.model.num_classes == 0 and not self.model.takes_text:
             return 1.0
         return OmegaConf.select(self.config, "callbacks.sample_videos.guidance_scale", default=1.0)
 
@@ -105,6 +112,8 @@ class LoadedRun:
         precision: str = "32-true",
         context: tuple[torch.Tensor, torch.Tensor] | None = None,
         progress: bool = True,
+        prompts: list[str] | None = None,
+        negative_prompt: str = "",
     ) -> torch.Tensor:
         """``num_samples`` clips at the run's size: float ``(N, C, T, H, W)`` in [-1, 1] on the CPU
         (:func:`~vdm.inference.generation.sample_videos`).
@@ -115,6 +124,8 @@ class LoadedRun:
             labels: one class per clip, for a conditional model (None: unconditional).
             guidance_scale: None = :meth:`guidance`.
             context: ``(video (N, C, T, H, W), mask (N, T))``: given frames of every clip.
+            prompts: one per clip (cycled), for a text-conditional model; None: ``""``.
+            negative_prompt: the unconditional half of guidance (default the null prompt).
         """
         sampler = sampler or self.sampler()
         if context is not None:
@@ -129,7 +140,7 @@ class LoadedRun:
         return sample_videos(
             self.model, sampler, clip_shape, labels, num_samples, batch_size,
             guidance_scale=guidance, seed=seed, precision=precision, progress=progress,
-            context=context,
+            context=context, prompts=prompts, negative_prompt=negative_prompt,
         )  # fmt: skip
 
     def read_clip(self, path: str | Path, max_frames: int) -> torch.Tensor:
@@ -163,8 +174,16 @@ def load_run(
         moved_autoencoder(config, autoencoder_path)
     autoencoder = build_autoencoder(config)
     check_same_autoencoder(checkpoint.get("autoencoder"), autoencoder, f"ckpt_path={ckpt_path}")
-    model = DiffusionModel(build_model(config), build_diffusion(config), autoencoder)
-    state = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("denoiser.")}
+    text_encoder = build_text_encoder(config)
+    where = f"ckpt_path={ckpt_path}"
+    check_same_text_encoder(checkpoint.get("text_encoder"), text_encoder, where)
+    model = DiffusionModel(build_model(config), build_diffusion(config), autoencoder, text_encoder)
+    # The trained weights: the denoiser's, and a text encoder's trained with it.
+    state = {
+        k: v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith(("denoiser.", "text_encoder."))
+    }
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

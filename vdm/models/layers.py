@@ -69,15 +69,23 @@ class LabelEmbedder(nn.Module):
 
 
 class ConditionEmbedder(nn.Module):
-    """Time (+ label) embedding ``(B, dim)`` that conditions every block."""
+    """Time (+ label) (+ pooled text) embedding ``(B, dim)`` that conditions every block.
 
-    def __init__(self, dim: int, num_classes: int = 0) -> None:
+    With ``text_dim > 0`` the caption's pooled embedding enters through a zero-initialised
+    linear layer, so a fresh model ignores it.
+    """
+
+    def __init__(self, dim: int, num_classes: int = 0, text_dim: int = 0) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.time = TimestepEmbedder(dim)
         self.label = LabelEmbedder(num_classes, dim) if num_classes > 0 else None
+        self.text = zero_module(nn.Linear(text_dim, dim)) if text_dim > 0 else None
 
-    def forward(self, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, t: torch.Tensor, labels: torch.Tensor | None, pooled: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Steps ``t (N,)``, labels ``(N,)`` and pooled text ``(N, text_dim)`` → ``(N, dim)``."""
         emb = self.time(t)
         if self.label is not None:
             emb = emb + self.label(labels, t.shape[0], t.device)
@@ -86,7 +94,55 @@ class ConditionEmbedder(nn.Module):
                 "Labels were passed to an unconditional denoiser (model.num_classes=0): set "
                 "model.num_classes to the data's number of classes, or pass labels=None."
             )
+        if self.text is not None and pooled is not None:
+            emb = emb + self.text(pooled.to(emb.dtype))
         return emb
+
+
+class CrossAttention(nn.Module):
+    """Attention from video tokens to caption tokens, padded caption tokens masked out.
+
+    The output projection starts at zero, so a fresh branch adds nothing: a model with text
+    starts as the model without it.
+
+    Args:
+        dim: channels of the video tokens.
+        text_dim: width of the caption tokens.
+        heads: attention heads; ``dim`` must divide evenly.
+        qk_norm: RMS-normalise queries and keys per head.
+    """
+
+    def __init__(self, dim: int, text_dim: int, heads: int, qk_norm: bool = False) -> None:
+        super().__init__()
+        if dim % heads:
+            raise UserError(f"Attention dim {dim} is not divisible by heads {heads}.")
+        self.heads, self.head_dim = heads, dim // heads
+        self.norm = nn.LayerNorm(dim)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(text_dim, 2 * dim)
+        self.q_norm = RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.out = zero_module(nn.Linear(dim, dim))
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x + out(attention(norm(x), tokens))``.
+
+        Args:
+            x: video tokens ``(B, N, dim)``: every query of a clip attends to its caption.
+            tokens: caption tokens ``(B, L, text_dim)``.
+            mask: bool ``(B, L)``, True for real tokens. A caption with none (not produced by
+                vdm's encoders, which always keep one) attends to every position instead of
+                giving NaN.
+        """
+        b, n, _ = x.shape
+        q = self.q_norm(self.q(self.norm(x)).unflatten(-1, (self.heads, self.head_dim)))
+        k, v = self.kv(tokens.to(x.dtype)).unflatten(-1, (2, self.heads, self.head_dim)).unbind(2)
+        k = self.k_norm(k)
+        mask = mask | ~mask.any(1, keepdim=True)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask[:, None, None]
+        )
+        return x + self.out(out.transpose(1, 2).reshape(b, n, -1))
 
 
 class RotaryEmbedding(nn.Module):
@@ -286,5 +342,28 @@ def frame_conditioning_inputs(
 
 
 def per_frame_labels(labels: torch.Tensor | None, frames: int) -> torch.Tensor | None:
-    """Labels ``(B,)`` repeated for each of ``frames`` frames: ``(B·frames,)``."""
-    return None if labels is None else labels.repeat_interleave(frames)
+    """Labels ``(B,)`` (or any per-clip rows ``(B, ...)``, e.g. pooled text) repeated for each of
+    ``frames`` frames: ``(B·frames, ...)``."""
+    return None if labels is None else labels.repeat_interleave(frames, dim=0)
+
+
+def check_text(text: object, text_dim: int, model: str) -> None:
+    """Refuse text for a model built without it, a missing one for a model built with it, and
+    embeddings of another width, each in one line."""
+    if text is None:
+        if text_dim:
+            raise UserError(
+                f"This {model} was built with text (text_dim={text_dim}): pass text=, the "
+                "embedding of the prompts (of \"\" for an unconditional call)."
+            )
+        return
+    if not text_dim:
+        raise UserError(
+            f"Text was passed to a {model} built without it (text_dim=0): train with a "
+            "text_encoder (text_encoder=tiny, t5 or clip), or pass text=None."
+        )
+    if text.tokens.shape[-1] != text_dim:
+        raise UserError(
+            f"The text embedding is {text.tokens.shape[-1]} wide, but this {model} was built for "
+            f"text_dim={text_dim}: use the text encoder it was trained with."
+        )

@@ -21,11 +21,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vdm.errors import UserError
+from vdm.text.embedding import TextEmbedding
 from vdm.models.fused import norm_modulate
 from vdm.models.layers import (
     Attention,
     ConditionEmbedder,
+    CrossAttention,
     Mlp,
+    check_text,
     conditioning_channels,
     frame_conditioning_inputs,
     per_frame_labels,
@@ -84,7 +87,13 @@ class SpaceTimeBlock(nn.Module):
     """
 
     def __init__(
-        self, dim: int, heads: int, mlp_ratio: float, dropout: float, qk_norm: bool
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float,
+        dropout: float,
+        qk_norm: bool,
+        text_dim: int = 0,
     ) -> None:
         super().__init__()
         self.spatial_attn = Attention(dim, heads, qk_norm=qk_norm)
@@ -93,11 +102,23 @@ class SpaceTimeBlock(nn.Module):
         self.temporal_modulation = AdaLNZero(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
         self.mlp_modulation = AdaLNZero(dim)
+        # Created last, and only with text: a model without text keeps its parameters and init.
+        self.cross_attn = CrossAttention(dim, text_dim, heads, qk_norm) if text_dim else None
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """``x (B, T', S, D)``, ``cond (B, D)`` or ``(B, T', D)`` → ``(B, T', S, D)``."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        text_tokens: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``x (B, T', S, D)``, ``cond (B, D)`` or ``(B, T', D)`` → ``(B, T', S, D)``; with text,
+        cross-attention to the caption follows the spatial attention (Latte-T2V, PixArt-α)."""
         shift, scale, gate = self.spatial_modulation(cond)
         x = x + self.spatial_attn(norm_modulate(x, shift, scale), gate=gate)
+        if self.cross_attn is not None and text_tokens is not None:
+            # All tokens of a clip query its caption as one sequence (T'·S queries).
+            x = self.cross_attn(x.flatten(1, 2), text_tokens, text_mask).unflatten(1, x.shape[1:3])
         shift, scale, gate = self.temporal_modulation(cond)
         x = x + self.temporal_attn(norm_modulate(x, shift, scale), seq_dim=1, gate=gate)
         shift, scale, gate = self.mlp_modulation(cond)
@@ -131,6 +152,10 @@ class SpaceTimeTransformer(nn.Module):
             channel (its weights start at zero) and steps may be per frame ``(B, T)``; a
             temporal patch gets the step of its noisiest frame. Off, the model is exactly the
             one without it (same parameters, same outputs).
+        text_dim: width of the caption embeddings (the text encoder's ``dim``); 0 = no text.
+            With text, every block cross-attends to the caption's tokens after its spatial
+            attention and the pooled caption joins the time embedding, all from zero. 0 builds
+            exactly the model without text.
     """
 
     def __init__(
@@ -148,9 +173,11 @@ class SpaceTimeTransformer(nn.Module):
         qk_norm: bool = False,
         gradient_checkpointing: bool = False,
         frame_conditioning: bool = False,
+        text_dim: int = 0,
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
+        self.text_dim = text_dim
         self.num_classes = num_classes
         self.patch_size, self.temporal_patch_size = patch_size, temporal_patch_size
         self.hidden_size = hidden_size
@@ -163,9 +190,10 @@ class SpaceTimeTransformer(nn.Module):
             nn.init.zeros_(
                 self.patch_embed.weight[:, in_channels * temporal_patch_size * patch_size**2 :]
             )
-        self.cond = ConditionEmbedder(hidden_size, num_classes)
+        self.cond = ConditionEmbedder(hidden_size, num_classes, text_dim)
         self.blocks = nn.ModuleList(
-            SpaceTimeBlock(hidden_size, heads, mlp_ratio, dropout, qk_norm) for _ in range(depth)
+            SpaceTimeBlock(hidden_size, heads, mlp_ratio, dropout, qk_norm, text_dim)
+            for _ in range(depth)
         )
         self.modulation_out = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
         self.proj_out = nn.Linear(hidden_size, out_channels * temporal_patch_size * patch_size**2)
@@ -180,6 +208,7 @@ class SpaceTimeTransformer(nn.Module):
         t: torch.Tensor,
         labels: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
+        text: TextEmbedding | None = None,
     ) -> torch.Tensor:
         """Predict from noisy video ``x (B, C_in, T, H, W)`` at steps ``t``.
 
@@ -188,10 +217,15 @@ class SpaceTimeTransformer(nn.Module):
             t: steps ``(B,)``, or ``(B, T)`` per frame (given frames at 0).
             labels: class labels ``(B,)``; None = the null label.
             context: bool ``(B, T)``, True for given frames (``frame_conditioning`` only).
+            text: the captions' embedding (``text_dim > 0`` only; the null prompt's embedding,
+                never None, for an unconditional call).
 
         Returns:
             ``(B, C_out, T, H, W)``.
         """
+        check_text(text, self.text_dim, "SpaceTimeTransformer")
+        pooled = None if text is None else text.pooled
+        tokens_mask = () if text is None else (text.tokens, text.mask)
         frames, h, w = x.shape[-3:]
         p, pt = self.patch_size, self.temporal_patch_size
         if h % p or w % p or frames % pt:
@@ -208,15 +242,19 @@ class SpaceTimeTransformer(nn.Module):
         )
         if t.dim() == 2:  # per frame: one condition per temporal patch, its noisiest frame
             t = t.unflatten(1, (frames // pt, pt)).amax(-1)
-            cond = self.cond(t.reshape(-1), per_frame_labels(labels, t.shape[1]))
+            cond = self.cond(
+                t.reshape(-1),
+                per_frame_labels(labels, t.shape[1]),
+                per_frame_labels(pooled, t.shape[1]),
+            )
             cond = cond.unflatten(0, t.shape)  # (B, T', D)
         else:
-            cond = self.cond(t, labels)
+            cond = self.cond(t, labels, pooled)
         for block in self.blocks:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                tokens = checkpoint(block, tokens, cond, use_reentrant=False)
+                tokens = checkpoint(block, tokens, cond, *tokens_mask, use_reentrant=False)
             else:
-                tokens = block(tokens, cond)
+                tokens = block(tokens, cond, *tokens_mask)
         shift, scale = per_token(self.modulation_out(cond)).chunk(2, dim=-1)
         out = self.proj_out(norm_modulate(tokens, shift, scale))
         return rearrange(

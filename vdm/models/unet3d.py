@@ -21,9 +21,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vdm.errors import UserError
+from vdm.text.embedding import TextEmbedding
 from vdm.models.layers import (
     Attention,
     ConditionEmbedder,
+    CrossAttention,
+    check_text,
     conditioning_channels,
     frame_conditioning_inputs,
     per_frame_labels,
@@ -177,8 +180,8 @@ class Upsample(nn.Module):
 
 
 class Level(nn.Module):
-    """One resolution of the U-Net: a residual block, then optional spatial attention, then
-    temporal attention, each taking ``(x, emb, frames)`` or ``(x, frames)``."""
+    """One resolution of the U-Net: a residual block, then optional spatial attention (and,
+    with text, cross-attention to the caption after it), then temporal attention."""
 
     def __init__(
         self,
@@ -189,16 +192,34 @@ class Level(nn.Module):
         spatial_attention: bool,
         dropout: float,
         qk_norm: bool,
+        text_dim: int = 0,
     ) -> None:
         super().__init__()
         self.res = ResBlock(in_ch, out_ch, emb_dim, dropout)
         self.spatial_attn = SpatialAttention(out_ch, heads, qk_norm) if spatial_attention else None
         self.temporal_attn = TemporalAttention(out_ch, heads, qk_norm)
+        # Created last, and only with text: a model without text keeps its parameters and init.
+        with_text = spatial_attention and text_dim > 0
+        self.cross_attn = CrossAttention(out_ch, text_dim, heads, qk_norm) if with_text else None
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, frames: int) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        emb: torch.Tensor,
+        frames: int,
+        text_tokens: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         x = self.res(x, emb, frames)
         if self.spatial_attn is not None:
             x = self.spatial_attn(x, frames)
+        if self.cross_attn is not None and text_tokens is not None:
+            # Every pixel of every frame of a clip queries the clip's caption: one sequence
+            # (T·H·W) per clip, so the caption's keys are computed once, not once per frame.
+            bt, c, h, w = x.shape
+            tokens = x.permute(0, 2, 3, 1).reshape(bt // frames, frames * h * w, c)
+            tokens = self.cross_attn(tokens, text_tokens, text_mask)
+            x = tokens.reshape(bt, h, w, c).permute(0, 3, 1, 2)
         return self.temporal_attn(x, frames)
 
 
@@ -234,6 +255,10 @@ class UNet3D(nn.Module):
         frame_conditioning: take given frames: the context mask enters as one more input
             channel (its weights start at zero) and steps may be per frame ``(B, T)``. Off, the
             model is exactly the one without it (same parameters, same outputs).
+        text_dim: width of the caption embeddings (the text encoder's ``dim``); 0 = no text.
+            With text, the levels with spatial attention also cross-attend to the caption's
+            tokens and the pooled caption joins the time embedding, all from zero. 0 builds
+            exactly the model without text.
     """
 
     def __init__(
@@ -251,6 +276,7 @@ class UNet3D(nn.Module):
         gradient_checkpointing: bool = False,
         patch_size: int = 1,
         frame_conditioning: bool = False,
+        text_dim: int = 0,
     ) -> None:
         super().__init__()
         if patch_size < 1:
@@ -262,10 +288,11 @@ class UNet3D(nn.Module):
         self.gradient_checkpointing = gradient_checkpointing
         self.patch_size = patch_size
         self.frame_conditioning = frame_conditioning
+        self.text_dim = text_dim
         # H and W must survive the patch fold and every downsampling.
         self.downsample_factor = patch_size * 2 ** (len(channel_mult) - 1)
         emb_dim = 4 * base_channels
-        self.cond = ConditionEmbedder(emb_dim, num_classes)
+        self.cond = ConditionEmbedder(emb_dim, num_classes, text_dim)
         # + the context mask and the nearest given frames
         inputs = in_channels + (conditioning_channels(in_channels) if frame_conditioning else 0)
         self.conv_in = nn.Conv2d(inputs * patch_size**2, base_channels, 3, padding=1)
@@ -274,7 +301,14 @@ class UNet3D(nn.Module):
 
         def level(cin: int, cout: int, factor: int) -> Level:
             return Level(
-                cin, cout, emb_dim, heads, factor in attention_resolutions, dropout, qk_norm
+                cin,
+                cout,
+                emb_dim,
+                heads,
+                factor in attention_resolutions,
+                dropout,
+                qk_norm,
+                text_dim,
             )
 
         self.down = nn.ModuleList()
@@ -318,6 +352,7 @@ class UNet3D(nn.Module):
         t: torch.Tensor,
         labels: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
+        text: TextEmbedding | None = None,
     ) -> torch.Tensor:
         """Predict from noisy video ``x (B, C_in, T, H, W)`` at steps ``t``.
 
@@ -326,10 +361,15 @@ class UNet3D(nn.Module):
             t: steps ``(B,)``, or ``(B, T)`` per frame (given frames at 0).
             labels: class labels ``(B,)``; None = the null label.
             context: bool ``(B, T)``, True for given frames (``frame_conditioning`` only).
+            text: the captions' embedding (``text_dim > 0`` only; the null prompt's embedding,
+                never None, for an unconditional call).
 
         Returns:
             ``(B, C_out, T, H, W)``.
         """
+        check_text(text, self.text_dim, "UNet3D")
+        pooled = None if text is None else text.pooled
+        tokens, mask = (None, None) if text is None else (text.tokens, text.mask)
         b, _, frames, h, w = x.shape
         if h % self.downsample_factor or w % self.downsample_factor:
             raise UserError(
@@ -340,9 +380,11 @@ class UNet3D(nn.Module):
         x, t = frame_conditioning_inputs(x, t, context, self.frame_conditioning)
         c = x.shape[1]
         if t.dim() == 2:  # one embedding per frame: (B·T, D)
-            emb = self.cond(t.reshape(-1), per_frame_labels(labels, frames))
+            emb = self.cond(
+                t.reshape(-1), per_frame_labels(labels, frames), per_frame_labels(pooled, frames)
+            )
         else:
-            emb = self.cond(t, labels)
+            emb = self.cond(t, labels, pooled)
         # (B, C, T, H, W) → frames (B·T, C, H, W) in channels-last memory.
         x = x.permute(0, 2, 1, 3, 4).reshape(b * frames, c, h, w)
         if self.patch_size > 1:
@@ -351,16 +393,18 @@ class UNet3D(nn.Module):
         skips = [x]
         for blocks, downsample in zip(self.down, self.downsamplers, strict=True):
             for block in blocks:
-                x = self._run(block, x, emb, frames)
+                x = self._run(block, x, emb, frames, tokens, mask)
                 skips.append(x)
             if not isinstance(downsample, nn.Identity):
                 x = downsample(x)
                 skips.append(x)
         for block in self.mid:
-            x = self._run(block, x, emb, frames)
+            x = self._run(block, x, emb, frames, tokens, mask)
         for blocks, upsample in zip(self.up, self.upsamplers, strict=True):
             for block in blocks:
-                x = self._run(block, torch.cat([x, skips.pop()], dim=1), emb, frames)
+                x = self._run(
+                    block, torch.cat([x, skips.pop()], dim=1), emb, frames, tokens, mask
+                )
             x = upsample(x)
         x = self.conv_out(F.silu(self.norm_out(x)))
         if self.patch_size > 1:

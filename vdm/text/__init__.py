@@ -7,6 +7,8 @@ dict naming the weights of a frozen one, recorded in checkpoints). The null prom
 classifier-free guidance and caption dropout, is the embedding of ``""``, never zeros.
 """
 
+from vdm.text.checks import check_same_text_encoder
 from vdm.text.embedding import TextEmbedding
+from vdm.text.tiny import TinyTextEncoder
 
-__all__ = ["TextEmbedding"]
+__all__ = ["TextEmbedding", "TinyTextEncoder", "check_same_text_encoder"]

@@ -18,6 +18,7 @@ from vdm.inference.build import (
     build_autoencoder,
     build_diffusion,
     build_model,
+    build_text_encoder,
     instantiate_config,
 )
 from vdm.training.autoencoder_module import AutoencoderModule
@@ -54,6 +55,8 @@ def build_module(cfg: DictConfig) -> VideoDiffusionModule | AutoencoderModule:
         config=OmegaConf.to_container(cfg, resolve=True),
         context_masks=build_context_masks(cfg),
         autoencoder=autoencoder,
+        text_encoder=build_text_encoder(cfg),
+        caption_dropout=OmegaConf.select(cfg, "module.caption_dropout", default=0.1),
     )
 
 

@@ -16,7 +16,14 @@ from vdm.diffusion.context import ContextMasks
 from vdm.diffusion.flow import FlowMatching
 from vdm.diffusion.process import GaussianDiffusion
 from vdm.errors import UserError
-from vdm.inference.model import DenoiserHolder, takes_given_frames
+from vdm.inference.model import (
+    DenoiserHolder,
+    attach_text_encoder,
+    takes_given_frames,
+    takes_text,
+    text_encoder_of,
+)
+from vdm.text import check_same_text_encoder
 from vdm.training.lightning_internals import attached_trainer
 from vdm.training.optim import optimizers_for
 
@@ -60,6 +67,11 @@ class VideoDiffusionModule(DenoiserHolder, LightningModule):
             here, a fresh posterior sample every step) or the cached posterior
             ``latents_mean`` / ``latents_std``. Checkpoints record its fingerprint under
             ``"autoencoder"`` and resuming with another is refused.
+        text_encoder: prompt the denoiser with the batches' ``caption`` (a denoiser built with
+            ``text_dim`` = the encoder's ``dim``). A trainable encoder trains with the denoiser;
+            a frozen one's fingerprint goes into checkpoints under ``"text_encoder"``.
+        caption_dropout: probability of training a sample on the null prompt ``""`` instead of
+            its caption (the unconditional model guidance needs); drawn apart from labels.
     """
 
     def __init__(
@@ -73,10 +85,20 @@ class VideoDiffusionModule(DenoiserHolder, LightningModule):
         config: dict | None = None,
         context_masks: ContextMasks | None = None,
         autoencoder: Autoencoder | None = None,
+        text_encoder: nn.Module | None = None,
+        caption_dropout: float = 0.1,
     ) -> None:
         super().__init__()
         if autoencoder is not None:
             self.autoencoder = autoencoder  # a plain attribute: frozen, not in the state dict
+        if (text_encoder is not None) != takes_text(denoiser):
+            raise UserError(
+                "A text encoder and a denoiser built with text go together: set model.text_dim "
+                "to the encoder's dim (the configs do: ${text_encoder.dim}), or text_encoder=none "
+                "with model.text_dim=0."
+            )
+        attach_text_encoder(self, text_encoder)
+        self.caption_dropout = caption_dropout
         self.save_hyperparameters(config or {}, logger=False)
         self.denoiser = denoiser
         self.diffusion = diffusion
@@ -124,12 +146,14 @@ class VideoDiffusionModule(DenoiserHolder, LightningModule):
             return sample_posterior(batch["latents_mean"], batch["latents_std"], generator)
         return self.autoencoder.encode(batch["video"], generator)
 
-    def _loss(self, batch: dict, generator: torch.Generator, dropout: float):
+    def _loss(self, batch: dict, generator: torch.Generator, train: bool):
+        """The loss of ``batch``; ``train`` drops labels and captions at their rates, while
+        validation keeps them all."""
         video = self._clean(batch, generator)
         b = video.shape[0]
         labels = self._labels(batch)
-        if labels is not None and dropout > 0:
-            drop = torch.rand(b, generator=generator, device=self.device) < dropout
+        if labels is not None and train and self.label_dropout > 0:
+            drop = torch.rand(b, generator=generator, device=self.device) < self.label_dropout
             labels = labels.masked_fill(drop, self.num_classes)
         t = self.diffusion.sample_timesteps(b, self.device, generator)
         noise = self.diffusion.noise(video.shape, generator, self.device)
@@ -137,15 +161,31 @@ class VideoDiffusionModule(DenoiserHolder, LightningModule):
         if self.context_masks is not None:  # drawn after t and ε: context=none draws as before
             masks = self.context_masks.sample(b, video.shape[2], generator, self.device)
             context["context"] = masks
+        if text_encoder_of(self) is not None:  # drawn last: runs without text draw as before
+            context["text"] = self._text(batch, generator, self.caption_dropout if train else 0.0)
         return self.diffusion.training_loss(
             self.denoiser, video, t=t, noise=noise.to(video.dtype), labels=labels, **context
         )
+
+    def _text(self, batch: dict, generator: torch.Generator, dropout: float):
+        """The embedding of the batch's captions, each replaced by the null prompt ``""`` with
+        probability ``dropout`` (drawn from ``generator``)."""
+        if "caption" not in batch:
+            raise UserError(
+                "The model is prompted with text (text_encoder is set) but the batches carry "
+                "no captions: give the data captions (data.captions=FILE, or a .txt beside each "
+                "video), or train with text_encoder=none."
+            )
+        captions = list(batch["caption"])
+        drop = torch.rand(len(captions), generator=generator, device=self.device) < dropout
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+        return self.encode_text(captions)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         generator = self._generator(
             0, self.global_step, self.global_rank, *self._micro_batch(batch_idx)
         )
-        loss, per_sample, t = self._loss(batch, generator, self.label_dropout)
+        loss, per_sample, t = self._loss(batch, generator, train=True)
         self.last_loss = loss.detach()  # for NonFiniteGuard, before the update
         b = per_sample.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
@@ -161,15 +201,19 @@ class VideoDiffusionModule(DenoiserHolder, LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # The same noise and timesteps for this batch at every validation: comparable values.
         generator = self._generator(1, batch_idx, self.global_rank)
-        loss, _, _ = self._loss(batch, generator, dropout=0.0)
+        loss, _, _ = self._loss(batch, generator, train=False)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["video"]))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.autoencoder.fingerprint is not None:  # pixel-space checkpoints stay as they were
             checkpoint["autoencoder"] = self.autoencoder.fingerprint
+        encoder = text_encoder_of(self)
+        if encoder is not None and encoder.fingerprint is not None:
+            checkpoint["text_encoder"] = encoder.fingerprint
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_same_autoencoder(checkpoint.get("autoencoder"), self.autoencoder, "ckpt_path")
+        check_same_text_encoder(checkpoint.get("text_encoder"), text_encoder_of(self), "ckpt_path")
 
     def configure_optimizers(self) -> dict:
         model = self.trainer.model if attached_trainer(self) is not None else self
