@@ -1,7 +1,9 @@
-"""Frozen pretrained text encoders (vdm/text/pretrained.py), on tiny T5 / UMT5 / CLIP models
-saved in the test: nothing is downloaded. References are the transformers models called directly
-on the same token ids."""
+"""Frozen pretrained text encoders (vdm/text/pretrained.py) and their embedding cache
+(vdm/text/cache.py), on tiny T5 / UMT5 / CLIP models saved in the test: nothing is downloaded.
+References are the transformers models called directly on the same token ids."""
 
+import hashlib
+import logging
 import sys
 
 import pytest
@@ -23,6 +25,7 @@ from transformers import (  # noqa: E402
 )
 
 from vdm.errors import MissingFileError, UserError  # noqa: E402
+from vdm.text.cache import CachedTextEncoder  # noqa: E402
 from vdm.text.pretrained import PretrainedTextEncoder  # noqa: E402
 
 CAPTIONS = ["a red ball", "two squares drift left", "", "a red ball"]
@@ -190,3 +193,117 @@ def test_without_transformers_says_how_to_install(models, monkeypatch):
     with pytest.raises(UserError) as error:
         PretrainedTextEncoder(models["t5"][0])
     assert "pip install 'vdm[text]'" in one_line(error)
+
+
+class Counting:
+    """A frozen encoder that counts the captions it is asked to encode."""
+
+    trainable = False
+
+    def __init__(self, encoder):
+        self.encoder, self.calls = encoder, []
+        self.dim, self.max_length = encoder.dim, encoder.max_length
+        self.fingerprint = encoder.fingerprint
+
+    def encode(self, captions):
+        self.calls.append(list(captions))
+        return self.encoder.encode(captions)
+
+
+@pytest.fixture(scope="module")
+def t5(models):
+    return PretrainedTextEncoder(models["t5"][0], max_length=16)
+
+
+def same(a, b):
+    return all(torch.equal(x, y) for x, y in ((a.tokens, b.tokens), (a.mask, b.mask),
+                                               (a.pooled, b.pooled)))  # fmt: skip
+
+
+def test_cache_equals_fresh_and_serves_hits_from_disk(t5, tmp_path):
+    first = Counting(t5)
+    cache = CachedTextEncoder(first, root=tmp_path)
+    assert first.calls == [[""]]  # the null prompt, at construction
+    stored = cache.encode(CAPTIONS)
+    assert first.calls[1:] == [["a red ball", "two squares drift left"]]  # misses, in one call
+    fresh = t5.encode(CAPTIONS)
+    assert same(stored, fresh)
+    second = Counting(t5)
+    again = CachedTextEncoder(second, root=tmp_path)
+    assert same(again.encode(CAPTIONS), fresh) and same(again.null, t5.encode([""]))
+    assert second.calls == []  # every caption, "" included, read from disk
+    assert again.dim == 32 and again.max_length == 16 and again.trainable is False
+    assert again.fingerprint == t5.fingerprint
+
+
+def test_null_entry_is_on_disk_after_construction(t5, tmp_path):
+    cache = CachedTextEncoder(t5, root=tmp_path)
+    name = hashlib.sha256(b"").hexdigest() + ".pt"
+    entries = list((tmp_path / "text").rglob(name))
+    assert entries == [cache.entry_path("")]
+    assert len(cache.null) == 1 and same(cache.null, t5.encode([""]))
+
+
+def test_default_root_is_vdm_cache_dir(t5, tmp_path, monkeypatch):
+    monkeypatch.setenv("VDM_CACHE_DIR", str(tmp_path))
+    cache = CachedTextEncoder(t5)
+    assert cache.folder.parent == tmp_path / "text"
+
+
+def test_cache_folder_follows_weights_and_length(models, t5, tmp_path):
+    def folder(encoder):
+        return CachedTextEncoder(encoder, root=tmp_path).folder
+
+    base = folder(t5)
+    assert folder(PretrainedTextEncoder(models["t5"][0], max_length=16)) == base
+    assert folder(PretrainedTextEncoder(models["t5_other"][0], max_length=16)) != base
+    assert folder(PretrainedTextEncoder(models["t5"][0], max_length=24)) != base
+    assert folder(PretrainedTextEncoder(models["t5"][0], max_length=16, dtype="bfloat16")) != base
+
+
+@pytest.mark.parametrize("damage", ["garbage", "wrong_shape"])
+def test_damaged_entry_is_encoded_again(t5, tmp_path, caplog, damage):
+    CachedTextEncoder(t5, root=tmp_path).encode(["a red ball"])
+    counting = Counting(t5)
+    cache = CachedTextEncoder(counting, root=tmp_path)
+    path = cache.entry_path("a red ball")
+    if damage == "garbage":
+        path.write_bytes(b"not a torch file")
+    else:
+        torch.save({"tokens": torch.zeros(3, 5), "mask": torch.ones(16, dtype=torch.bool),
+                    "pooled": torch.zeros(32)}, path)  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="vdm.text.cache"):
+        text = cache.encode(["a red ball"])
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(path) in warnings[0].getMessage()
+    assert "\n" not in warnings[0].getMessage()
+    assert counting.calls == [["a red ball"]]
+    assert same(text, t5.encode(["a red ball"]))
+    assert same(CachedTextEncoder(t5, root=tmp_path).encode(["a red ball"]), text)  # rewritten
+
+
+def test_precompute_fills_the_cache_once(t5, tmp_path):
+    counting = Counting(t5)
+    cache = CachedTextEncoder(counting, root=tmp_path)
+    captions = [f"caption {i % 5}" for i in range(12)] + [""]
+    assert cache.precompute(captions, batch_size=2) == 5  # distinct, "" already cached
+    assert [len(c) for c in counting.calls[1:]] == [2, 2, 1]
+    assert cache.precompute(captions) == 0
+    later = Counting(t5)
+    text = CachedTextEncoder(later, root=tmp_path).encode(captions)
+    assert later.calls == [] and same(text, t5.encode(captions))
+
+
+def test_trainable_encoder_is_refused(t5, tmp_path):
+    class Trainable(Counting):
+        trainable = True
+
+    with pytest.raises(UserError, match="frozen"):
+        CachedTextEncoder(Trainable(t5), root=tmp_path)
+
+
+def test_cache_keeps_bfloat16(models, tmp_path):
+    encoder = PretrainedTextEncoder(models["clip"][0], max_length=16, dtype="bfloat16")
+    CachedTextEncoder(encoder, root=tmp_path).encode(CAPTIONS)
+    read = CachedTextEncoder(encoder, root=tmp_path).encode(CAPTIONS)  # from disk
+    assert read.tokens.dtype == torch.bfloat16 and same(read, encoder.encode(CAPTIONS))
