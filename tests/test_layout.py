@@ -11,13 +11,14 @@ import pytest
 VDM = Path(__file__).resolve().parents[1] / "vdm"
 
 # What each folder may import from vdm (docs/design.md, "What may import what").
-BASE = {"errors", "diffusion", "models", "files", "data", "autoencoders"}
+BASE = {"errors", "diffusion", "models", "files", "data", "autoencoders", "text"}
 ALLOWED = {
     "diffusion": {"errors"},
     "models": {"errors"},
     "files": {"errors"},
     "data": {"errors", "files"},
     "autoencoders": {"errors", "models", "files"},
+    "text": {"errors", "models", "data"},
     "conf": set(),
     "inference": BASE,
     "evaluation": BASE | {"inference"},

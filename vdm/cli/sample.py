@@ -25,7 +25,7 @@ from vdm.cli.overrides import check_overrides
 from vdm.diffusion.context import TASKS
 from vdm.diffusion.sampling_loop import SamplingLoop
 from vdm.errors import UserError
-from vdm.files.video import to_uint8, write_clips, write_npz
+from vdm.files.video import slug, to_uint8, write_clips, write_npz
 from vdm.inference.generation import (
     class_labels,
     sample_long_videos,
@@ -33,6 +33,7 @@ from vdm.inference.generation import (
     side_by_side,
     window_context,
 )
+from vdm.inference.generation import clip_prompts as clip_prompts_for
 from vdm.inference.run import LoadedRun, run_dir_of
 
 log = logging.getLogger(__name__)
@@ -59,18 +60,52 @@ def check_task(cfg: DictConfig, loaded: LoadedRun) -> str:
     return task
 
 
+def read_prompts(cfg: DictConfig) -> list[str] | None:
+    """The prompts of ``prompt=TEXT`` or ``prompts=FILE`` (one per line, blank lines skipped);
+    None when neither is set."""
+    prompt, path = cfg.get("prompt"), cfg.get("prompts")
+    if prompt is not None and path:
+        raise UserError("prompt= and prompts= are both set: give one prompt, or a file of them.")
+    if prompt is not None:
+        return [str(prompt)]
+    if not path:
+        return None
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"prompts={path} is not a file: give a text file with one prompt a line.")
+    lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
+    prompts = [line for line in lines if line]
+    if not prompts:
+        raise UserError(f"prompts={path} holds no prompt: write one prompt a line.")
+    return prompts
+
+
+def clip_prompts(prompts: list[str] | None, num_samples: int) -> list[str] | None:
+    """Each prompt ``num_samples`` times, in blocks: the prompt of every clip."""
+    return None if prompts is None else [p for p in prompts for _ in range(num_samples)]
+
+
 def sample_task(
-    cfg: DictConfig, task: str, loaded: LoadedRun, sampler: SamplingLoop, labels: list[int] | None
+    cfg: DictConfig,
+    task: str,
+    loaded: LoadedRun,
+    sampler: SamplingLoop,
+    labels: list[int] | None,
+    prompts: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Sample ``task`` as ``cfg`` says.
+    """Sample ``task`` as ``cfg`` says, ``prompts`` being the prompt of each clip (or None).
 
     Returns:
         ``(videos, shown, extra)``: the sampled clips uint8 ``(N, T, H, W, 3)``, what the mp4s
         show (given | generated | real side by side for predict and interpolate), and the
         npz's extra arrays (``context_mask (T,)`` when frames are given).
     """
-    run_cfg, given, n = loaded.config, cfg.context.frames, cfg.num_samples
-    options = dict(batch_size=cfg.batch_size, seed=cfg.seed, precision=cfg.precision)
+    run_cfg, given = loaded.config, cfg.context.frames
+    n = len(prompts) if prompts else cfg.num_samples
+    options = dict(
+        batch_size=cfg.batch_size, seed=cfg.seed, precision=cfg.precision, prompts=prompts,
+        negative_prompt=cfg.get("negative_prompt") or "",
+    )  # fmt: skip
     if task == "generate":
         videos = loaded.sample(sampler, n, frames=cfg.frames, labels=labels,
                                guidance_scale=cfg.guidance_scale, **options)  # fmt: skip
@@ -109,22 +144,32 @@ def run(cfg: DictConfig) -> Path:
     model = loaded.model
     task = check_task(cfg, loaded)
     sampler = sampler_for(cfg, loaded)
-    labels = class_labels(cfg.labels, cfg.num_samples, model.num_classes)
+    given_prompts = read_prompts(cfg)
+    prompts = clip_prompts(given_prompts, cfg.num_samples)
+    total = len(prompts) if prompts else cfg.num_samples
+    clip_prompts_for(model, prompts, total)  # a prompt for a model without text: one line, now
+    labels = class_labels(cfg.labels, total, model.num_classes)
     folder = f"{Path(cfg.ckpt_path).stem}-{sampler_name(sampler, model.diffusion.num_steps)}"
     folder += f"-seed{cfg.seed}" + ("" if task == "generate" else f"-{task}")
+    if given_prompts is not None and len(given_prompts) == 1:
+        folder += f"-{slug(given_prompts[0])}"
     out_dir = Path(cfg.out_dir or run_dir_of(cfg.ckpt_path) / "samples" / folder)
     start = time.perf_counter()
-    videos, shown, extra = sample_task(cfg, task, loaded, sampler, labels)
+    videos, shown, extra = sample_task(cfg, task, loaded, sampler, labels, prompts)
+    if prompts is not None:
+        extra["prompts"] = np.array(prompts)
     seconds = time.perf_counter() - start
     upscale = cfg.upscale or max(1, math.ceil(MIN_VIEW_SIZE / max(videos.shape[2:4])))
     # A row per class when the classes come in equal blocks; else a near-square grid.
     blocks = labels is not None and not cfg.labels and cfg.num_samples % model.num_classes == 0
     nrow = cfg.num_samples // model.num_classes if blocks else math.ceil(math.sqrt(len(videos)))
+    if prompts is not None:
+        nrow = cfg.num_samples  # a row per prompt
     write_npz(out_dir / "samples.npz", videos, **extra)
-    write_clips(out_dir, shown, cfg.fps, upscale, nrow)
+    write_clips(out_dir, shown, cfg.fps, upscale, nrow, names=prompts)
     print(
         f"Sampled {len(videos)} clips in {seconds:.1f} s ({seconds / len(videos):.2f} s/clip). "
-        f"Wrote sample_0000.mp4 .. sample_{len(videos) - 1:04d}.mp4, grid.gif and samples.npz "
+        f"Wrote {len(videos)} sample_XXXX*.mp4, grid.gif and samples.npz "
         f"to {out_dir}"
     )
     return out_dir

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -173,9 +174,16 @@ def make_grid(videos: np.ndarray, nrow: int | None = None, padding: int = 1) -> 
     return grid
 
 
+def slug(text: str, max_chars: int = 60) -> str:
+    """``text`` as a file-name part: lower-case letters, digits and ``_`` (``a red square``
+    → ``a_red_square``), at most ``max_chars`` long; ``empty`` for nothing."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return "_".join(words)[:max_chars].rstrip("_") or "empty"
+
+
 def write_clips(
     out_dir: str | os.PathLike[str], videos: np.ndarray, fps: float, upscale: int = 1,
-    nrow: int | None = None,
+    nrow: int | None = None, names: list[str] | None = None, grid_name: str = "grid",
 ) -> list[Path]:  # fmt: skip
     """Write ``sample_XXXX.mp4`` per clip and all of them tiled as ``grid.gif``.
 
@@ -185,6 +193,9 @@ def write_clips(
         fps: frame rate of the files.
         upscale: nearest-neighbour factor applied to the written frames (small clips).
         nrow: clips per grid row; None = as ``make_grid``.
+        names: a text per clip (its prompt) whose :func:`slug` ends its file name,
+            ``sample_XXXX_<slug>.mp4``; None = ``sample_XXXX.mp4``.
+        grid_name: the grid's file name, without ``.gif``.
 
     Returns:
         The mp4 paths, in clip order.
@@ -192,8 +203,13 @@ def write_clips(
     out_dir = Path(out_dir)
     if upscale > 1:
         videos = videos.repeat(upscale, axis=2).repeat(upscale, axis=3)
-    paths = [write_mp4(out_dir / f"sample_{i:04d}.mp4", v, fps) for i, v in enumerate(videos)]
-    write_gif(out_dir / "grid.gif", make_grid(videos, nrow=nrow), fps)
+    stems = [f"sample_{i:04d}" for i in range(len(videos))]
+    if names is not None:
+        stems = [f"{stem}_{slug(name)}" for stem, name in zip(stems, names, strict=True)]
+    paths = [
+        write_mp4(out_dir / f"{stem}.mp4", v, fps) for stem, v in zip(stems, videos, strict=True)
+    ]
+    write_gif(out_dir / f"{grid_name}.gif", make_grid(videos, nrow=nrow), fps)
     return paths
 
 

@@ -51,8 +51,21 @@ def build_diffusion(cfg: DictConfig) -> Process:
     return instantiate_config(cfg.diffusion, "diffusion", schedule=schedule)
 
 
+def fill_text_width(cfg: DictConfig) -> None:
+    """Fill a frozen text encoder's ``dim`` (left null in its config) from its folder's
+    ``config.json``, so the denoiser's ``text_dim`` is known before any weights load."""
+    conf = OmegaConf.select(cfg, "text_encoder")
+    if conf is None or conf.get("dim") is not None or conf.get("path") is None:
+        return
+    from vdm.text.load import text_width  # reads JSON only; the package is optional
+
+    with open_dict(conf):
+        conf.dim = text_width(conf.path)
+
+
 def build_model(cfg: DictConfig) -> nn.Module:
     """The denoiser of ``cfg.model`` (``UNet3D`` or ``SpaceTimeTransformer``)."""
+    fill_text_width(cfg)
     log.info("Instantiating model <%s>", cfg.model._target_)
     model = instantiate_config(cfg.model, "model", _convert_="all")
     log.info("Model has %.2f M parameters", sum(p.numel() for p in model.parameters()) / 1e6)

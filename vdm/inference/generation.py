@@ -45,7 +45,9 @@ def class_labels(labels: list[int] | None, num_samples: int, num_classes: int) -
     return [labels[i % len(labels)] for i in range(num_samples)]
 
 
-def clip_prompts(model: Generative, prompts: list[str] | None, num_samples: int) -> list[str] | None:
+def clip_prompts(
+    model: Generative, prompts: list[str] | None, num_samples: int
+) -> list[str] | None:
     """The prompt of each clip: ``prompts`` cycled, ``""`` for every clip of a text model given
     none, None for a model without text (which refuses prompts)."""
     if not model.takes_text:

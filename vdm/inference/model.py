@@ -16,7 +16,7 @@ from vdm.diffusion.flow import FlowMatching
 from vdm.diffusion.process import GaussianDiffusion
 from vdm.diffusion.sampling_loop import SamplingLoop
 from vdm.errors import UserError
-from vdm.text.embedding import TextEmbedding
+from vdm.models.text_embedding import TextEmbedding
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,7 @@ def guided_by(
         if scale == 1:
             return denoiser(x, t, context=context, **cond)
         both = {key: join(value, uncond[key]) for key, value in cond.items()}
-        out = denoiser(
-            torch.cat([x, x]), torch.cat([t, t]), context=join(context, context), **both
-        )
+        out = denoiser(torch.cat([x, x]), torch.cat([t, t]), context=join(context, context), **both)
         conditional, unconditional = out.chunk(2)
         return unconditional + scale * (conditional - unconditional)
 
@@ -160,7 +158,7 @@ def generate(
     if with_text and (text is None or (guidance_scale != 1 and null_text is None)):
         raise UserError(
             "This model is text-conditional: pass text= (and null_text= under guidance), the "
-            "embeddings of the prompts and of the null prompt \"\"."
+            'embeddings of the prompts and of the null prompt "".'
         )
     if device is None:
         device = next(denoiser.parameters()).device

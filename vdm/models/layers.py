@@ -354,7 +354,7 @@ def check_text(text: object, text_dim: int, model: str) -> None:
         if text_dim:
             raise UserError(
                 f"This {model} was built with text (text_dim={text_dim}): pass text=, the "
-                "embedding of the prompts (of \"\" for an unconditional call)."
+                'embedding of the prompts (of "" for an unconditional call).'
             )
         return
     if not text_dim:

@@ -21,7 +21,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vdm.errors import UserError
-from vdm.text.embedding import TextEmbedding
 from vdm.models.fused import norm_modulate
 from vdm.models.layers import (
     Attention,
@@ -33,6 +32,7 @@ from vdm.models.layers import (
     frame_conditioning_inputs,
     per_frame_labels,
 )
+from vdm.models.text_embedding import TextEmbedding
 
 
 def sincos_2d(grid_h: int, grid_w: int, dim: int, device: torch.device) -> torch.Tensor:

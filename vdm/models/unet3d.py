@@ -21,7 +21,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vdm.errors import UserError
-from vdm.text.embedding import TextEmbedding
 from vdm.models.layers import (
     Attention,
     ConditionEmbedder,
@@ -31,6 +30,7 @@ from vdm.models.layers import (
     frame_conditioning_inputs,
     per_frame_labels,
 )
+from vdm.models.text_embedding import TextEmbedding
 
 CHANNELS_LAST = torch.channels_last
 
@@ -402,9 +402,7 @@ class UNet3D(nn.Module):
             x = self._run(block, x, emb, frames, tokens, mask)
         for blocks, upsample in zip(self.up, self.upsamplers, strict=True):
             for block in blocks:
-                x = self._run(
-                    block, torch.cat([x, skips.pop()], dim=1), emb, frames, tokens, mask
-                )
+                x = self._run(block, torch.cat([x, skips.pop()], dim=1), emb, frames, tokens, mask)
             x = upsample(x)
         x = self.conv_out(F.silu(self.norm_out(x)))
         if self.patch_size > 1:

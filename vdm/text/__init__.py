@@ -7,8 +7,16 @@ dict naming the weights of a frozen one, recorded in checkpoints). The null prom
 classifier-free guidance and caption dropout, is the embedding of ``""``, never zeros.
 """
 
+from vdm.models.text_embedding import TextEmbedding
 from vdm.text.checks import check_same_text_encoder
-from vdm.text.embedding import TextEmbedding
 from vdm.text.tiny import TinyTextEncoder
 
-__all__ = ["TextEmbedding", "TinyTextEncoder", "check_same_text_encoder"]
+
+def load_text_encoder(*args, **kwargs):
+    """:func:`vdm.text.load.load_text_encoder`, imported on use: transformers is optional."""
+    from vdm.text.load import load_text_encoder as load
+
+    return load(*args, **kwargs)
+
+
+__all__ = ["TextEmbedding", "TinyTextEncoder", "check_same_text_encoder", "load_text_encoder"]

@@ -21,7 +21,7 @@ import torch
 
 from vdm.data.index import default_cache_dir
 from vdm.errors import UserError
-from vdm.text.embedding import TextEmbedding
+from vdm.models.text_embedding import TextEmbedding
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,11 @@ class CachedTextEncoder:
     @property
     def fingerprint(self) -> dict:
         return self.encoder.fingerprint
+
+    def to(self, *args, **kwargs) -> CachedTextEncoder:
+        """Move the wrapped encoder (where misses are encoded); entries stay on the CPU."""
+        self.encoder.to(*args, **kwargs)
+        return self
 
     @property
     def null(self) -> TextEmbedding:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from vdm.errors import MissingFileError, UserError
-from vdm.text.embedding import TextEmbedding
+from vdm.models.text_embedding import TextEmbedding
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from vdm.errors import UserError
-from vdm.text.embedding import TextEmbedding
+from vdm.models.text_embedding import TextEmbedding
 
 TOKENIZERS = ("words", "bytes")
 PAD, BOS = 0, 1  # ids 0 and 1 are reserved; words and bytes map to 2..vocab_size-1

@@ -30,6 +30,18 @@ def check_values(prefix: str, **values: tuple[float | None, float, str]) -> None
             raise UserError(f"{prefix}.{key}={value}: must be >= {minimum:g} ({what}).")
 
 
+def kept(value, count: int):
+    """The first ``count`` items of a batch entry (a tensor, on the CPU, or a list)."""
+    if isinstance(value, torch.Tensor):
+        return value[:count].detach().cpu()
+    return list(value[:count])
+
+
+def joined(a, b):
+    """Two batch entries of one kind, one after the other."""
+    return torch.cat([a, b]) if isinstance(a, torch.Tensor) else [*a, *b]
+
+
 class SampleVideos(Callback):
     """After each validation, sample clips with a fixed seed, save them and log them.
 
@@ -37,9 +49,12 @@ class SampleVideos(Callback):
     ``EMAWeightAveraging`` is on: ``vdm.train`` orders weight averaging after this callback).
     Writes ``<dirpath>/step_XXXXXX/sample_XXXX.mp4`` and ``grid.gif``, and logs the grid and the
     clips to every ``WandbLogger`` (as file paths, so moviepy is not needed). A class-conditional
-    model gets one grid row per class. A frame-conditioned model (``context=mixed``) also gets a
-    prediction grid, ``<dirpath>/step_XXXXXX/predict/``: the first frames of fixed validation
-    clips given, each clip shown as given | generated | real.
+    model gets one grid row per class. A text-conditional model draws one clip per prompt
+    (``prompts``, or the captions of the first validation clips), named after it
+    (``sample_XXXX_<prompt>.mp4``) and logged with it as the caption. A frame-conditioned model
+    (``context=mixed``) also gets a prediction grid, ``<dirpath>/step_XXXXXX/predict/``: the
+    first frames of fixed validation clips given (with their captions), each clip shown as
+    given | generated | real.
 
     Args:
         sampler: the sampler to use (a DDIM-50 or DPM-Solver++-20 keeps this fast).
@@ -58,6 +73,8 @@ class SampleVideos(Callback):
             model is sampled in chunks instead of all at once. Clip ``i`` starts from noise
             seeded by ``(seed, i)``, so a deterministic sampler (DDIM, DPM-Solver++) gives the
             same clips for any ``batch_size``.
+        prompts: the prompts of a text-conditional model's samples, one clip each; None = the
+            captions of the first ``num_samples`` validation clips.
     """
 
     def __init__(
@@ -72,6 +89,7 @@ class SampleVideos(Callback):
         seed: int = 0,
         prediction_frames: int | None = None,
         batch_size: int = 8,
+        prompts: list[str] | None = None,
     ) -> None:
         check_values(
             "callbacks.sample_videos",
@@ -88,6 +106,9 @@ class SampleVideos(Callback):
         self.num_samples, self.guidance_scale = num_samples, guidance_scale
         self.num_frames, self.fps, self.upscale, self.seed = num_frames, fps, upscale, seed
         self.prediction_frames, self.batch_size = prediction_frames, batch_size
+        self.prompts = None if prompts is None else [str(p) for p in prompts]
+        if self.prompts is not None and not self.prompts:
+            raise UserError("callbacks.sample_videos.prompts=[]: give prompts, or null.")
         self._clip_shape: tuple[int, ...] | None = None
         self._real: dict | None = None  # fixed validation clips for the prediction grid
         self._real_complete = False
@@ -106,11 +127,11 @@ class SampleVideos(Callback):
         if not self._real_complete:  # the first validation's clips, kept: the order is fixed
             wanted = self.num_samples * max(1, getattr(pl_module, "num_classes", 0))
             have = 0 if self._real is None else len(self._real["video"])
-            part = {k: v[: wanted - have].detach().cpu() for k, v in batch.items()}
+            part = {k: kept(v, wanted - have) for k, v in batch.items()}
             if self._real is None:
                 self._real = part
             else:
-                self._real = {k: torch.cat([self._real[k], part[k]]) for k in self._real}
+                self._real = {k: joined(self._real[k], part[k]) for k in self._real}
             self._real_complete = len(self._real["video"]) >= wanted
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -128,17 +149,18 @@ class SampleVideos(Callback):
     def write(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Sample, write and log the clips (and the prediction grid) of this validation."""
         step = trainer.global_step
-        videos, labels = self.sample(pl_module)
+        videos, labels, prompts = self.sample(pl_module)
         out_dir = self.dirpath / f"step_{step:06d}"
-        rows = pl_module.num_classes or 1  # a row per class
-        paths = write_clips(out_dir, videos, self.fps, self.upscale, nrow=len(videos) // rows)
+        rows = (pl_module.num_classes if labels is not None else 0) or 1  # a row per class
+        paths = write_clips(
+            out_dir, videos, self.fps, self.upscale, nrow=len(videos) // rows, names=prompts
+        )
         log.info("Wrote %d sample videos to %s", len(videos), out_dir)
+        captions = prompts or ([f"class {int(c)}" for c in labels] if labels is not None else None)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_video("samples/grid", [str(out_dir / "grid.gif")], step=step)
-                extra = (
-                    {"caption": [f"class {int(c)}" for c in labels]} if labels is not None else {}
-                )
+                extra = {"caption": captions} if captions else {}
                 logger.log_video("samples/clips", [str(p) for p in paths], step=step, **extra)
         predictions = self.predict(pl_module)
         if predictions is not None:
@@ -149,23 +171,43 @@ class SampleVideos(Callback):
                     grid = str(out_dir / "predict" / "grid.gif")
                     logger.log_video("samples/predict", [grid], step=step)
 
+    def sample_prompts(self, pl_module: LightningModule) -> list[str] | None:
+        """The prompts of a text-conditional model's samples (None for a model without text)."""
+        if not pl_module.takes_text:
+            return None
+        if self.prompts is not None:
+            return self.prompts
+        captions = (self._real or {}).get("caption")
+        if not captions:
+            raise UserError(
+                "callbacks.sample_videos: the validation clips carry no captions to sample a "
+                "text-conditional model with: set callbacks.sample_videos.prompts=[...]."
+            )
+        return list(captions[: self.num_samples])
+
     @torch.no_grad()
-    def sample(self, pl_module: LightningModule) -> tuple[np.ndarray, torch.Tensor | None]:
-        """uint8 ``(N, T, H, W, 3)`` samples, and their labels (None if unconditional)."""
+    def sample(
+        self, pl_module: LightningModule
+    ) -> tuple[np.ndarray, torch.Tensor | None, list[str] | None]:
+        """uint8 ``(N, T, H, W, 3)`` samples, their labels (None if unconditional or prompted)
+        and their prompts (None without text)."""
         c, t, h, w = self._clip_shape
         labels = None
         n = self.num_samples
-        if pl_module.num_classes:
+        prompts = self.sample_prompts(pl_module)
+        if prompts is not None:  # one clip per prompt; labels (if any) at the null label
+            n = len(prompts)
+        elif pl_module.num_classes:
             labels = torch.arange(pl_module.num_classes).repeat_interleave(self.num_samples)
             n = len(labels)
-        # Guidance needs labels: unconditional models (e.g. a flat folder) sample without it.
-        scale = self.guidance_scale if labels is not None else 1.0
+        # Guidance needs labels or text: unconditional models (a flat folder) sample without it.
+        scale = self.guidance_scale if labels is not None or prompts is not None else 1.0
         videos = sample_videos(
             pl_module, self.sampler, (c, self.num_frames or t, h, w),
             None if labels is None else labels.tolist(), n, self.batch_size,
-            guidance_scale=scale, seed=self.seed, interrupt=self._interrupt,
+            guidance_scale=scale, seed=self.seed, interrupt=self._interrupt, prompts=prompts,
         )  # fmt: skip
-        return to_uint8(videos), labels
+        return to_uint8(videos), labels, prompts
 
     @torch.no_grad()
     def predict(self, pl_module: LightningModule) -> np.ndarray | None:
@@ -183,11 +225,14 @@ class SampleVideos(Callback):
         labels = None
         if pl_module.num_classes and "label" in self._real:
             labels = self._real["label"].to(pl_module.device)
-        scale = self.guidance_scale if labels is not None else 1.0
+        prompts = list(self._real["caption"]) if pl_module.takes_text else None
+        guided = labels is not None or prompts is not None
+        scale = self.guidance_scale if guided else 1.0
         videos = sample_videos(
             pl_module, self.sampler, tuple(real.shape[1:]),
             None if labels is None else labels.tolist(), len(real), self.batch_size,
             guidance_scale=scale, seed=self.seed, context=(given, mask), interrupt=self._interrupt,
+            prompts=prompts,
         )  # fmt: skip
         return side_by_side(*(to_uint8(v) for v in (given, videos, real)))
 
