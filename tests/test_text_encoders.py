@@ -307,3 +307,41 @@ def test_cache_keeps_bfloat16(models, tmp_path):
     CachedTextEncoder(encoder, root=tmp_path).encode(CAPTIONS)
     read = CachedTextEncoder(encoder, root=tmp_path).encode(CAPTIONS)  # from disk
     assert read.tokens.dtype == torch.bfloat16 and same(read, encoder.encode(CAPTIONS))
+
+
+def test_a_frozen_encoder_prompts_a_module_without_entering_its_state_or_its_copies(
+    models, tmp_path
+):
+    import copy
+    import functools
+
+    from vdm.diffusion import GaussianDiffusion, NoiseSchedule
+    from vdm.models import UNet3D
+    from vdm.text.load import load_text_encoder, text_width
+    from vdm.training.module import VideoDiffusionModule
+
+    folder = models["t5"][0]
+    assert text_width(folder) == 32 and text_width(models["clip"][0]) == 32
+    encoder = load_text_encoder(folder, max_length=16)
+    assert isinstance(encoder, CachedTextEncoder)
+    with pytest.raises(UserError, match="text_encoder.dim=64, but the encoder in .* is 32 wide"):
+        load_text_encoder(folder, max_length=16, dim=64)
+    module = VideoDiffusionModule(
+        UNet3D(base_channels=16, channel_mult=(1, 2), attention_resolutions=(2,), text_dim=32),
+        GaussianDiffusion(NoiseSchedule(num_steps=100)),
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-3), text_encoder=encoder,
+    )  # fmt: skip
+    assert not [k for k in module.state_dict() if k.startswith("text_encoder")]
+    assert all(p.requires_grad for p in module.parameters())  # the frozen T5 is not among them
+    assert copy.deepcopy(module).text_encoder is encoder  # the EMA copy shares the T5
+    batch = {"video": torch.zeros(2, 3, 4, 16, 16), "caption": ["a red ball", "two squares"]}
+    loss, _, _ = module._loss(batch, module._generator(0), train=True)
+    assert torch.isfinite(loss)
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["text_encoder"] == encoder.fingerprint
+    module.on_load_checkpoint(checkpoint)
+    other = load_text_encoder(models["t5_other"][0], max_length=16)
+    checkpoint["text_encoder"] = other.fingerprint
+    with pytest.raises(UserError, match="ckpt_path: trained with the t5 text encoder"):
+        module.on_load_checkpoint(checkpoint)

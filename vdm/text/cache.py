@@ -103,6 +103,11 @@ class CachedTextEncoder:
     def fingerprint(self) -> dict:
         return self.encoder.fingerprint
 
+    def __deepcopy__(self, memo: dict) -> CachedTextEncoder:
+        # Frozen: a copy of a module holding it (the EMA's averaged model) shares it rather
+        # than holding a second T5 in memory.
+        return self
+
     def to(self, *args, **kwargs) -> CachedTextEncoder:
         """Move the wrapped encoder (where misses are encoded); entries stay on the CPU."""
         self.encoder.to(*args, **kwargs)

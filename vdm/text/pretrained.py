@@ -224,6 +224,11 @@ class PretrainedTextEncoder(nn.Module):
         """Where the weights (and the embeddings :meth:`encode` returns) are."""
         return next(self.model.parameters()).device
 
+    def __deepcopy__(self, memo: dict) -> PretrainedTextEncoder:
+        # Frozen: a copy of a module holding it (the EMA's averaged model) shares it rather
+        # than holding a second T5 in memory.
+        return self
+
     def train(self, mode: bool = True) -> PretrainedTextEncoder:
         """Stay in eval mode: a module above switching to training must not turn on the
         encoder's dropout (T5 has 0.1), which would make embeddings random."""
