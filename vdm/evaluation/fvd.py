@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import torch
 
 from vdm.diffusion.sampling_loop import SamplingLoop
+from vdm.errors import UserError
 from vdm.evaluation.metrics import FrechetVideoDistance
 from vdm.files.video import to_uint8
 from vdm.inference.generation import class_labels
@@ -30,7 +31,8 @@ def fvd_of_samples(
     precision: str = "32-true",
 ) -> tuple[dict, dict]:
     """FVD of ``num_samples`` generated clips of ``frames`` frames (the classes in equal blocks
-    for a conditional model) against the clips of ``real_batches``.
+    for a conditional model; prompted with the real clips' captions, cycled, for a
+    text-conditional one) against the clips of ``real_batches``.
 
     Generated clips pass through uint8, as the real ones come from 8-bit video: both sides are
     quantised alike.
@@ -38,15 +40,24 @@ def fvd_of_samples(
     Returns:
         ``({"fvd": value or None}, {"num_generated": n, "num_real": m})``.
     """
-    num_real = 0
+    num_real, captions = 0, []
     for batch in real_batches:
         fvd.update(batch["video"].to(fvd.device), real=True)
         num_real += len(batch["video"])
+        captions += list(batch.get("caption", []))
     log.info("Extracted features of %d real clips", num_real)
     labels = class_labels(None, num_samples, loaded.model.num_classes)
+    prompts = None
+    if loaded.model.takes_text:
+        if not captions:
+            raise UserError(
+                "This checkpoint is text-conditional, but the real clips carry no captions to "
+                "prompt it with: evaluate on captioned data (data.captions=FILE)."
+            )
+        prompts = [captions[i % len(captions)] for i in range(num_samples)]
     videos = loaded.sample(
         sampler, num_samples, batch_size, frames=frames, labels=labels,
-        guidance_scale=guidance_scale, seed=seed, precision=precision,
+        guidance_scale=guidance_scale, seed=seed, precision=precision, prompts=prompts,
     )  # fmt: skip
     generated = to_uint8(videos)
     for i in range(0, len(generated), batch_size):

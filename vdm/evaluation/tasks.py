@@ -78,7 +78,8 @@ def evaluate_context_task(
     """Score ``task`` (``predict`` or ``interpolate``) on real clips.
 
     Args:
-        batches: real clips as batches ``{"video": (B, C, T, H, W), "label": (B,) optional}``.
+        batches: real clips as batches ``{"video": (B, C, T, H, W), "label": (B,) optional,
+            "caption": B str optional}``; a text-conditional model gets each clip's caption.
         given: frames given (at each end for interpolation).
         per_clip: samples per clip (N).
         on_samples: optional ``fn(clips, samples)`` called per batch (e.g. to feed FVD).
@@ -97,14 +98,17 @@ def evaluate_context_task(
         clips = batch["video"].float()
         b, c, frames, h, w = clips.shape
         mask = task_mask(task, frames, given)
-        labels = None
+        labels = prompts = None
         if model.num_classes and "label" in batch:
             labels = batch["label"].repeat_interleave(per_clip).tolist()
+        if model.takes_text:  # each clip's own caption ("" where the data has none)
+            captions = batch.get("caption") or [""] * b
+            prompts = [caption for caption in captions for _ in range(per_clip)]
         repeated = clips.repeat_interleave(per_clip, dim=0)
         context = (repeated * mask[None, None, :, None, None], mask.expand(len(repeated), -1))
         options = dict(
-            guidance_scale=guidance_scale if labels else 1.0, precision=precision,
-            seed=seed + index,
+            guidance_scale=guidance_scale if labels or prompts else 1.0, precision=precision,
+            seed=seed + index, prompts=prompts,
         )  # fmt: skip
         shape = (c, frames, h, w)
         samples = sample_videos(
