@@ -40,22 +40,14 @@ from _machine import header
 from scipy import ndimage
 
 from vdm.data.reader import VideoReader
-from vdm.data.shapes import PALETTE, ShapesSpec, clip_rng, render_clip
+from vdm.data.shapes import ShapesSpec, clip_rng, render_clip
+
+# The palette segmentation is shared with the caption-adherence scorer (context_tasks.py
+# imports COLOURS and palette_labels from here too).
+from vdm.evaluation.shape_detection import COLOURS, MIN_BLOB, palette_labels
 
 REPO = Path(__file__).resolve().parents[1]
-COLOURS = np.array(list(PALETTE.values()), dtype=np.float64)  # (6, 3)
-# A pixel is foreground when its brightest channel passes this: palette colours have a 255
-# channel and the background is 0, so the threshold sits between with room for sampling noise.
-FOREGROUND = 110
-MIN_BLOB = 6  # pixels; smaller specks are sampling noise, not objects
 MATCH_RADIUS = 3  # px at 32², where objects move at most 2.5 px a frame; scaled with the size
-
-
-def palette_labels(frames: np.ndarray) -> np.ndarray:
-    """uint8 ``(T, H, W, 3)`` → int ``(T, H, W)``: nearest palette colour, -1 for background."""
-    rgb = frames.astype(np.float64)
-    nearest = ((rgb[..., None, :] - COLOURS) ** 2).sum(-1).argmin(-1)
-    return np.where(rgb.max(-1) > FOREGROUND, nearest, -1)
 
 
 def blob_purities(labels: np.ndarray) -> tuple[list[float], list[int]]:
