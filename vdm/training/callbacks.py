@@ -106,11 +106,16 @@ class SampleVideos(Callback):
         if not self._real_complete:  # the first validation's clips, kept: the order is fixed
             wanted = self.num_samples * max(1, getattr(pl_module, "num_classes", 0))
             have = 0 if self._real is None else len(self._real["video"])
-            part = {k: v[: wanted - have].detach().cpu() for k, v in batch.items()}
+            part = {k: v[: wanted - have] for k, v in batch.items()}
+            # Tensors to the CPU; captions (lists of str) are kept as they are.
+            part = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in part.items()}
             if self._real is None:
                 self._real = part
             else:
-                self._real = {k: torch.cat([self._real[k], part[k]]) for k in self._real}
+                self._real = {
+                    k: torch.cat([v, part[k]]) if torch.is_tensor(v) else [*v, *part[k]]
+                    for k, v in self._real.items()
+                }
             self._real_complete = len(self._real["video"]) >= wanted
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
