@@ -4,7 +4,7 @@ Clips are rendered once from a seed and written as lossless video files, laid ou
 labelled folder of videos so they are read through the real decode path::
 
     <data_dir>/moving_shapes/<spec digest>/{train,val}/{circle,square,triangle}/clip_00042.mp4
-                                                                             /clip_00042.txt
+                                                                               /clip_00042.txt
 
 The clip index (5 digits) counts within its split; sorted class folders give labels 0, 1, 2.
 Beside each clip, ``clip_XXXXX.txt`` (UTF-8, one line) is its caption: every object's size,
