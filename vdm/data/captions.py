@@ -57,7 +57,8 @@ def mirror_caption(text: str) -> str:
 
 
 def one_line(text: str) -> str:
-    """A caption as one line: surrounding blanks dropped, inner line breaks made spaces."""
+    """A caption as one line: surrounding blanks dropped, inner runs of blanks and line breaks
+    made one space."""
     return " ".join(text.split())
 
 
