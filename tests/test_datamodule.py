@@ -12,6 +12,8 @@ from hydra.utils import instantiate
 
 from vdm.data.datamodule import MovingShapesDataModule, VideoDataModule
 from vdm.data.dataset import VideoClipDataset
+from vdm.data.shape_captions import parse_caption
+from vdm.data.shapes import CLASSES
 from vdm.files.video import write_mp4
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -239,3 +241,35 @@ def test_an_unknown_data_key_is_refused_through_the_configs(textured_videos, tmp
         compose_data("data=folder", f"data.root={textured_videos}", "+data.max_retries=3")
     )
     assert dm.dataset_options["max_retries"] == 3
+
+
+def test_moving_shapes_batches_carry_their_captions(tmp_path):
+    dm = MovingShapesDataModule(
+        data_dir=tmp_path, num_train=8, num_val=4, size=16, batch_size=4, num_workers=0
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    for batch in (next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))):
+        captions = batch["caption"]
+        assert isinstance(captions, list) and len(captions) == 4
+        for text, label in zip(captions, batch["label"].tolist(), strict=True):
+            # A flip may have mirrored the directions; the shape is the clip's class either way.
+            assert {d.shape for d in parse_caption(text)} == {CLASSES[label]}, text
+
+
+def test_caption_options_reach_the_data_module_from_the_folder_config(textured_videos):
+    captions = textured_videos / "captions.csv"
+    captions.write_text("path,caption\ntrain/a.mp4,a moving texture\nval/c.mp4,another one\n")
+    cfg = compose_data(
+        "data=folder", f"data.root={textured_videos}", f"data.captions={captions}",
+        "data.missing_caption=skip", "data.size=24", "data.clip_len=4", "data.batch_size=1",
+        "data.num_workers=0",
+    )  # fmt: skip
+    dm = instantiate(cfg)
+    assert dm.dataset_options["captions"] == str(captions)
+    dm.setup()
+    assert [r.path for r in dm.train_set.records] == ["train/a.mp4"]  # b.mp4 skipped
+    assert next(iter(dm.train_dataloader()))["caption"] == ["a moving texture"]
+    assert next(iter(dm.val_dataloader()))["caption"] == ["another one"]
+    defaults = compose_data("data=folder", f"data.root={textured_videos}")
+    assert (defaults.captions, defaults.missing_caption) == (None, "empty")

@@ -14,7 +14,7 @@ from vdm.data.latent_cache import LatentClipDataset, shard_path
 from vdm.errors import DataError
 from vdm.files.video import write_mp4
 from vdm.training import latent_cache
-from vdm.training.latent_cache import build_latent_cache
+from vdm.training.latent_cache import build_latent_cache, cached_training_set
 
 
 class Pooling(Autoencoder):
@@ -164,3 +164,51 @@ def test_two_ranks_share_the_work_and_one_cache(videos, tmp_path):
     assert folders[0] == folders[1]
     assert [e.encoded for e in encoders] == [3, 2]  # shards 0, 2, 4 and 1, 3: each once
     assert len(LatentClipDataset(folders[0])) == 5
+
+
+@pytest.fixture
+def captioned(tmp_path):
+    """Three lossless 16×24 videos, brighter to the right (a flip shows), with captions."""
+    root = tmp_path / "captioned"
+    row = torch.arange(24, dtype=torch.uint8) * 10
+    frames = row.view(1, 1, 24, 1).expand(10, 16, 24, 3).contiguous().numpy()
+    for name in ("a", "b", "c"):
+        write_mp4(root / f"{name}.mp4", frames, fps=10, lossless=True)
+        (root / f"{name}.txt").write_text(f"{name} goes left, not right")
+    return root
+
+
+def test_cached_items_carry_the_captions_of_their_windows(captioned, tmp_path):
+    data = dataset(captioned, size=16)
+    options = {"windows": 4, "shard_size": 5, "root": tmp_path / "c"}
+    cached = cached_training_set(data, autoencoder=Pooling(), options=options)
+    assert len(cached) == 12
+    mirrored = set()
+    for k in range(12):
+        item = cached[(k, 3)]
+        # The cached latents show the flip: pooling keeps the gradient's direction.
+        latents = item["latents_mean"]
+        flipped = bool(latents[..., 0].mean() > latents[..., -1].mean())
+        name = "abc"[k // 4]
+        expected = f"{name} goes right, not left" if flipped else f"{name} goes left, not right"
+        assert item["caption"] == expected == data[(k // 4, k % 4)]["caption"]
+        mirrored.add(flipped)
+    assert mirrored == {True, False}
+
+
+def test_captions_are_read_anew_and_never_part_of_the_cache(captioned, tmp_path):
+    ae, options = Pooling(), {"windows": 2, "root": tmp_path / "c"}
+    first = cached_training_set(dataset(captioned, size=16), autoencoder=ae, options=options)
+    for name in ("a", "b", "c"):
+        (captioned / f"{name}.txt").write_text("rewritten upwards")
+    again = cached_training_set(dataset(captioned, size=16), autoencoder=ae, options=options)
+    assert again.folder == first.folder and ae.encoded == 6  # found, not encoded again
+    assert [again[k]["caption"] for k in range(6)] == ["rewritten upwards"] * 6
+    shard = torch.load(shard_path(again.folder, 0), weights_only=True)
+    assert set(shard) == {"mean", "std", "label", "fps"}
+    for name in ("a", "b", "c"):
+        (captioned / f"{name}.txt").unlink()
+    plain = cached_training_set(dataset(captioned, size=16), autoencoder=ae, options=options)
+    assert plain.folder == first.folder and "caption" not in plain[0]
+    with pytest.raises(DataError, match="2 captions for the 6 clips cached in"):
+        LatentClipDataset(first.folder, captions=["x", "y"])

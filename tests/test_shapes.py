@@ -1,5 +1,6 @@
 """The moving-shapes set, checked on its files as decoded independently by PyAV."""
 
+import hashlib
 import json
 import logging
 import math
@@ -11,7 +12,17 @@ import numpy as np
 import pytest
 
 from vdm.data import shapes
-from vdm.data.shapes import CLASSES, PALETTE, ShapesSpec, generate, render_clip, sample_tracks
+from vdm.data.shape_captions import describe_tracks, parse_caption
+from vdm.data.shapes import (
+    CLASSES,
+    PALETTE,
+    ShapesSpec,
+    clip_rng,
+    draw,
+    generate,
+    render_clip,
+    sample_tracks,
+)
 
 SPEC = ShapesSpec(num_train=24, num_val=8, seed=3)
 UNIT = SPEC.size / 32  # speeds are given per 32 px of frame
@@ -96,11 +107,13 @@ def test_layout_and_file_names_are_exactly_as_specified(rendered):
         indices = []
         for path in (root / split).rglob("*"):
             if path.is_file():
-                match = re.fullmatch(r"clip_(\d{5})\.mp4", path.name)
+                match = re.fullmatch(r"clip_(\d{5})\.(mp4|txt)", path.name)
                 assert match, path
                 indices.append(int(match.group(1)))
-        # Each index of the split appears exactly once, in exactly one class folder.
-        assert sorted(indices) == list(range(count))
+        # Each index of the split appears exactly twice (clip and caption), in one class folder.
+        assert sorted(indices) == sorted(list(range(count)) * 2)
+        for clip in (root / split).rglob("*.mp4"):
+            assert clip.with_suffix(".txt").is_file(), clip
     marker = json.loads((root / ".complete").read_text())
     assert marker["spec"] == {
         "size": 32,
@@ -340,7 +353,7 @@ def test_a_caller_that_finishes_second_keeps_the_first_set(rendered, tmp_path, m
 
 def test_the_digest_is_stable_and_follows_every_field():
     # Pinned: a changed digest silently orphans every rendered set; bump FORMAT_VERSION instead.
-    assert ShapesSpec().digest() == "b8999250cdd7"
+    assert ShapesSpec().digest() == "5d7839039501"
     digests = {
         ShapesSpec().digest(),
         ShapesSpec(size=48).digest(),
@@ -359,3 +372,45 @@ def test_a_bad_spec_is_refused_in_one_line():
         ShapesSpec(size=4)
     with pytest.raises(ValueError, match="num_train"):
         ShapesSpec(num_train=-1)
+
+
+def test_every_caption_states_what_was_rendered(rendered, clips):
+    """Each clip_XXXXX.txt is one UTF-8 line whose facts are those of the clip's tracks, and
+    whose colours and shape are those seen in its decoded frames."""
+    _, root = rendered
+    texts = sorted(root.rglob("*.txt"))
+    assert len(texts) == SPEC.num_train + SPEC.num_val
+    phrasings = set()
+    for path in texts:
+        raw = path.read_bytes().decode("utf-8")
+        assert raw.endswith("\n") and raw.count("\n") == 1, path
+        split, index = path.parts[-3], int(path.stem[len("clip_") :])
+        tracks, _ = sample_tracks(clip_rng(SPEC, split, index), SPEC)
+        parsed = parse_caption(raw)
+        assert sorted(parsed, key=repr) == sorted(describe_tracks(tracks, SPEC.size), key=repr)
+        frames, _ = clips[path.relative_to(root).with_suffix(".mp4")]
+        assert {d.colour for d in parsed} == set(object_masks(frames)), path
+        assert {d.shape for d in parsed} == {path.parts[-2]}, path
+        phrasings.add(raw.split()[0] + raw.split()[1])  # "there is", "two circles:", "a large"
+    assert len(phrasings) > 3  # the phrasing varies from clip to clip
+
+
+# sha256 (first 16 hex digits) of the frames of a few clips of SPEC, as rendered before clips
+# had captions (FORMAT_VERSION 1): captions must not change a single pixel.
+FRAMES_BEFORE_CAPTIONS = {
+    ("train", 0): "6a80780e66448717",
+    ("train", 1): "d95641c9e6a3bc5c",
+    ("val", 7): "004f522bc408620a",
+}
+
+
+def test_captions_leave_the_frames_as_they_were(rendered, clips):
+    _, root = rendered
+    for (split, index), digest in FRAMES_BEFORE_CAPTIONS.items():
+        (path,) = root.glob(f"{split}/*/clip_{index:05d}.mp4")
+        frames, _ = clips[path.relative_to(root)]
+        assert hashlib.sha256(frames.tobytes()).hexdigest()[:16] == digest
+    for path, (frames, _) in clips.items():
+        split, index = path.parts[0], int(path.stem[len("clip_") :])
+        tracks, _ = sample_tracks(clip_rng(SPEC, split, index), SPEC)
+        np.testing.assert_array_equal(frames, draw(tracks, SPEC))

@@ -84,8 +84,9 @@ class VideoDataModule(LightningDataModule):
         channels: channels of a decoded clip (RGB: 3); declared for the model to read.
         **dataset_options: :class:`VideoClipDataset` keyword arguments for both splits
             (``clip_len``, ``frame_stride``, ``size``, ``val_fraction``, ``short_video``,
-            ``cache_dir``, ``index_workers``, ``max_retries``, ``seed``), documented there;
-            ``seed`` seeds both the shuffling and the per-clip augmentation.
+            ``cache_dir``, ``index_workers``, ``max_retries``, ``seed``, ``captions``,
+            ``missing_caption``), documented there; ``seed`` seeds both the shuffling and the
+            per-clip augmentation. With captions, batches carry ``caption: list[str]``.
 
     Raises:
         TypeError: a key that is neither an argument here nor a dataset option, named as

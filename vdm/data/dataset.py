@@ -1,4 +1,5 @@
-"""VideoClipDataset: clips from a folder of video files, labels from its sub-folders."""
+"""VideoClipDataset: clips from a folder of video files, labels from its sub-folders, captions
+from a metadata file or from ``.txt`` files beside the videos."""
 
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import Dataset
 
+from vdm.data.captions import (
+    check_missing_caption,
+    first_names,
+    mirror_caption,
+    video_captions,
+    warn_once,
+)
 from vdm.data.clips import clip_indices, clip_span
 from vdm.data.index import VideoIndex, default_cache_dir, hash_split
 from vdm.data.reader import VideoReader, VideoReadError, probe
@@ -95,7 +103,13 @@ class VideoClipDataset(Dataset):
     time, is logged once and replaced by another sample.
 
     Each sample is ``{"video": float (C, T, H, W) in [-1, 1], "label": long, "fps": float}``,
-    where ``fps`` is the clip's frame rate (the video's divided by ``frame_stride``).
+    where ``fps`` is the clip's frame rate (the video's divided by ``frame_stride``), plus
+    ``"caption": str`` when the data has captions (batches then hold ``caption: list[str]``).
+    Captions come from a metadata file (``captions``), else from a ``.txt`` beside each video
+    (same stem); a folder with neither has no captions, and its samples carry no
+    ``"caption"``. They are read here, not kept in the cached index, so they can change on
+    their own. A horizontally flipped clip is a mirror image: its caption swaps the words
+    ``left`` and ``right``.
 
     Example:
         >>> ds = VideoClipDataset("UCF-101/", clip_len=16, frame_stride=2, size=64, split="train")
@@ -122,6 +136,13 @@ class VideoClipDataset(Dataset):
         index_workers: threads that probe files while building the index.
         max_retries: replacement samples tried after a read failure before giving up.
         seed: seed of the per-sample augmentation when keys carry their epoch.
+        captions: a metadata file of captions: a ``.csv`` with a header and ``path,caption``
+            columns (Open-Sora's files, with ``text`` for the caption, too) or ``.jsonl`` /
+            ``.json`` lines ``{"path": ..., "caption": ...}``; paths relative to ``root`` or
+            absolute under it. None reads a ``.txt`` beside each video instead.
+        missing_caption: for videos without a caption when the data has captions: ``empty``
+            trains on them with the caption ``""``; ``skip`` leaves them out. Either way one
+            warning counts them.
     """
 
     def __init__(
@@ -139,6 +160,8 @@ class VideoClipDataset(Dataset):
         index_workers: int = 4,
         max_retries: int = 10,
         seed: int = 0,
+        captions: str | Path | None = None,
+        missing_caption: str = "empty",
     ) -> None:
         root = Path(root).expanduser()
         if not root.is_dir():
@@ -147,6 +170,7 @@ class VideoClipDataset(Dataset):
             )
         if split not in (None, *SPLITS):
             raise UserError(f"split must be 'train', 'val' or None, got {split!r}.")
+        check_missing_caption(missing_caption)
         self.root, self.split = root, split
         self.clip_len, self.frame_stride, self.size = clip_len, frame_stride, size
         self.augment = split == "train" if augment is None else augment
@@ -198,6 +222,11 @@ class VideoClipDataset(Dataset):
         if problems:
             listing = "\n".join(f"  {rel}: {why}" for rel, why in sorted(problems.items()))
             rank_zero_warn(f"Left out {len(problems)} video(s) under {root}:\n{listing}")
+        # Decided over the whole folder, so the train and val sets agree on having captions.
+        by_path = video_captions(root, index.rel_paths, captions)
+        self.captions: list[str] | None = None  # one per record, when the data has captions
+        if by_path is not None:
+            self.captions = self._caption_records(by_path, missing_caption)
         if not self.records:
             raise UserError(
                 f"No usable videos under {root} for split={split!r} (clip_len={clip_len}, "
@@ -205,6 +234,24 @@ class VideoClipDataset(Dataset):
             )
         self.labelled = labelled
         self._failed: set[str] = set()
+
+    def _caption_records(self, by_path: dict[str, str], policy: str) -> list[str]:
+        """The caption of each record; records without one get ``""`` or are left out
+        (``policy`` ``empty`` or ``skip``), reported in one warning."""
+        missing = [r.path for r in self.records if r.path not in by_path]
+        if missing:
+            action = (
+                'trained with the caption "" (data.missing_caption=skip leaves them out)'
+                if policy == "empty"
+                else "left out (data.missing_caption=skip)"
+            )
+            warn_once(
+                f"{len(missing)} of {len(self.records)} video(s) under {self.root} "
+                f"(split={self.split}) have no caption, {action}: {first_names(missing)}"
+            )
+        if policy == "skip":
+            self.records = [r for r in self.records if r.path in by_path]
+        return [by_path.get(r.path, "") for r in self.records]
 
     @property
     def num_classes(self) -> int:
@@ -218,27 +265,60 @@ class VideoClipDataset(Dataset):
         """Decode size with the short side at ``size`` and the aspect ratio kept."""
         return short_side_size(record.height, record.width, self.size)
 
-    def load(self, record: VideoRecord, rng: np.random.Generator) -> np.ndarray:
-        """Decode, crop and flip one clip of ``record`` → uint8 ``(T, size, size, 3)``."""
+    def _indices(self, record: VideoRecord, rng: np.random.Generator) -> list[int]:
+        """The clip's frame indices: the first draw from a sample's generator."""
         mode = "random" if self.augment else "center"
-        indices = clip_indices(
+        return clip_indices(
             record.num_frames, self.clip_len, self.frame_stride, mode, rng, self.short_video
         )
+
+    def _crop_and_flip(
+        self, rng: np.random.Generator, height: int, width: int
+    ) -> tuple[int, int, bool]:
+        """``(top, left, flip)`` of the crop from decoded ``(height, width)`` frames: the
+        draws after :meth:`_indices`."""
+        if not self.augment:
+            return (height - self.size) // 2, (width - self.size) // 2, False
+        top = int(rng.integers(0, height - self.size + 1))
+        left = int(rng.integers(0, width - self.size + 1))
+        return top, left, bool(rng.random() < 0.5)
+
+    def load(self, record: VideoRecord, rng: np.random.Generator) -> np.ndarray:
+        """Decode, crop and flip one clip of ``record`` → uint8 ``(T, size, size, 3)``."""
+        return self._load(record, rng)[0]
+
+    def _load(self, record: VideoRecord, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+        """:meth:`load`, and whether the clip was flipped."""
+        indices = self._indices(record, rng)
         height, width = self._decode_size(record)
         if (height, width) == (record.height, record.width):
             height = width = -1  # native size: skip decord's scaler altogether
         reader = VideoReader(self.root / record.path, width=width, height=height)
         frames = reader.get_batch(indices)
-        height, width = frames.shape[1:3]  # decord may round odd sizes
-        if self.augment:
-            top = int(rng.integers(0, height - self.size + 1))
-            left = int(rng.integers(0, width - self.size + 1))
-        else:
-            top, left = (height - self.size) // 2, (width - self.size) // 2
+        top, left, flip = self._crop_and_flip(rng, *frames.shape[1:3])  # as decoded
         frames = frames[:, top : top + self.size, left : left + self.size]
-        if self.augment and rng.random() < 0.5:
-            frames = frames[:, :, ::-1]
-        return frames
+        return (frames[:, :, ::-1] if flip else frames), flip
+
+    def flipped(self, index: int, epoch: int) -> bool:
+        """Whether sample ``(index, epoch)`` is flipped, found without decoding: the same
+        draws as :meth:`load` on frames of the size decoding asks for (decord decodes to
+        exactly that size). A sample whose video fails to decode is replaced by another
+        video's clip, which this cannot foresee."""
+        record = self.records[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        self._indices(record, rng)
+        return self._crop_and_flip(rng, *self._decode_size(record))[2]
+
+    def caption(self, index: int, epoch: int) -> str:
+        """The caption of sample ``(index, epoch)``, mirrored when the clip is flipped.
+
+        Raises:
+            UserError: the data has no captions.
+        """
+        if self.captions is None:
+            raise UserError(f"{self.root} has no captions: add .txt files or set data.captions.")
+        text = self.captions[index]
+        return mirror_caption(text) if self.flipped(index, epoch) else text
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """Sample ``key``: an index, or an ``(index, epoch)`` pair from :class:`EpochSampler`.
@@ -256,7 +336,7 @@ class VideoClipDataset(Dataset):
         for _ in range(self.max_retries + 1):
             record = self.records[index]
             try:
-                frames = self.load(record, rng)
+                frames, flip = self._load(record, rng)
                 break
             except VideoReadError as error:
                 last_error = error
@@ -277,4 +357,7 @@ class VideoClipDataset(Dataset):
         }
         if self.labelled:
             sample["label"] = torch.tensor(record.label, dtype=torch.long)
+        if self.captions is not None:
+            text = self.captions[index]  # of the video decoded, after any replacement
+            sample["caption"] = mirror_caption(text) if flip else text
         return sample

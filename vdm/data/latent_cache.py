@@ -15,6 +15,10 @@ it is refused in one line. The key hashes everything the content depends on
 Item ``k`` of the cache is window ``k % windows`` of video ``k // windows``: each video
 contributes ``windows`` clips drawn once (random start, crop and flip from a fixed seed); every
 epoch sees all of them, in a new order.
+
+Captions are not cached: the latents do not depend on them, and they may change on their own.
+The training set attaches them from the video data set when it opens the cache (the caption of
+item ``k`` is that of its video, mirrored when its window was flipped).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +68,20 @@ def read_manifest(folder: Path) -> dict | None:
 
 class LatentClipDataset(Dataset):
     """The cached training clips of ``folder``: ``{"latents_mean", "latents_std", "label",
-    "fps"}`` per item (float32 latents). Keys may be ``(index, epoch)`` pairs from
-    :class:`~vdm.data.sampler.EpochSampler`; the epoch is not needed (the windows are fixed).
+    "fps"}`` per item (float32 latents), and ``"caption"`` when ``captions`` are given. Keys
+    may be ``(index, epoch)`` pairs from :class:`~vdm.data.sampler.EpochSampler`; the epoch is
+    not needed (the windows are fixed).
+
+    Args:
+        folder: a finished cache (:func:`vdm.training.latent_cache.build_latent_cache`).
+        captions: the caption of each cached clip, in item order, or None (no captions).
 
     Raises:
-        DataError: the folder holds no finished cache, or a shard is missing or damaged.
+        DataError: the folder holds no finished cache, a shard is missing or damaged, or the
+            captions do not match the cached clips one to one.
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, captions: Sequence[str] | None = None) -> None:
         self.folder = Path(folder)
         manifest = read_manifest(self.folder)
         if manifest is None:
@@ -84,6 +95,12 @@ class LatentClipDataset(Dataset):
         for index in range(len(self.digests)):
             if not shard_path(self.folder, index).is_file():
                 raise self._damaged(index, "is missing")
+        if captions is not None and len(captions) != self.length:
+            raise DataError(
+                f"{len(captions)} captions for the {self.length} clips cached in {self.folder}: "
+                "open the cache with the data set it was built from."
+            )
+        self.captions = captions
         self._shards: dict[int, dict] = {}
 
     def _damaged(self, index: int, what: str) -> DataError:
@@ -115,4 +132,6 @@ class LatentClipDataset(Dataset):
         }
         if self.labelled:
             item["label"] = shard["label"][row].clone()
+        if self.captions is not None:
+            item["caption"] = self.captions[index]
         return item

@@ -4,8 +4,13 @@ Clips are rendered once from a seed and written as lossless video files, laid ou
 labelled folder of videos so they are read through the real decode path::
 
     <data_dir>/moving_shapes/<spec digest>/{train,val}/{circle,square,triangle}/clip_00042.mp4
+                                                                               /clip_00042.txt
 
 The clip index (5 digits) counts within its split; sorted class folders give labels 0, 1, 2.
+Beside each clip, ``clip_XXXXX.txt`` (UTF-8, one line) is its caption: every object's size,
+colour, shape and direction at the start of the clip, in one of a few phrasings
+(:mod:`vdm.data.shape_captions`). The phrasing comes from a generator of its own, so captions
+leave the frames exactly as they were.
 
 The spec, which other tools rely on exactly: square frames of ``size`` px on black; 1 or 2
 objects per clip, all of the clip's class; each object one solid palette colour, distinct
@@ -38,7 +43,8 @@ from vdm.files.video import write_mp4
 logger = logging.getLogger(__name__)
 
 # Part of every digest: bump it whenever the rendering changes, so old sets are not reused.
-FORMAT_VERSION = 1
+# 2: captions (clip_XXXXX.txt) beside the clips.
+FORMAT_VERSION = 2
 CLASSES = ("circle", "square", "triangle")
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0),
@@ -324,11 +330,18 @@ def _render_all(staging: Path, spec: ShapesSpec, num_workers: int) -> dict[str, 
 
 
 def _render_range(staging: Path, spec: ShapesSpec, split: str, start: int, stop: int) -> list[int]:
-    """Render and write clips ``start..stop-1`` of ``split``; return their labels."""
+    """Render and write clips ``start..stop-1`` of ``split`` and their captions; return their
+    labels."""
+    # Imported here: shape_captions builds on this module's tracks.
+    from vdm.data.shape_captions import clip_caption
+
     labels = []
     for index in range(start, stop):
         frames, label = render_clip(clip_rng(spec, split, index), spec)
-        write_mp4(clip_path(staging, split, label, index), frames, spec.fps, lossless=True)
+        path = clip_path(staging, split, label, index)
+        write_mp4(path, frames, spec.fps, lossless=True)
+        text = clip_caption(spec, split, index)
+        path.with_suffix(".txt").write_text(text + "\n", encoding="utf-8")
         labels.append(label)
     return labels
 

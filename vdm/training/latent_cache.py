@@ -181,10 +181,21 @@ def build_latent_cache(
     return folder
 
 
+def window_captions(dataset: VideoClipDataset, windows: int) -> list[str] | None:
+    """The caption of each cached clip: item ``k`` is window ``k % windows`` of video
+    ``k // windows``, the sample ``(k // windows, k % windows)`` of ``dataset``, so its caption
+    is that video's, mirrored where that window was flipped. None when ``dataset`` has no
+    captions."""
+    if getattr(dataset, "captions", None) is None:
+        return None
+    return [dataset.caption(k // windows, k % windows) for k in range(len(dataset) * windows)]
+
+
 def cached_training_set(
     dataset: VideoClipDataset, trainer=None, *, autoencoder: Autoencoder, options: dict
 ) -> LatentClipDataset:
-    """The training set as its latent cache, built (by every rank of ``trainer``) if needed."""
+    """The training set as its latent cache, built (by every rank of ``trainer``) if needed,
+    with the captions of ``dataset`` (read now, never cached)."""
     strategy = trainer.strategy if trainer is not None else None
     folder = build_latent_cache(
         dataset, autoencoder, **options,
@@ -193,4 +204,5 @@ def cached_training_set(
         world_size=trainer.world_size if trainer is not None else 1,
         barrier=strategy.barrier if strategy is not None else (lambda: None),
     )  # fmt: skip
-    return LatentClipDataset(folder)
+    windows = read_manifest(folder)["windows"]
+    return LatentClipDataset(folder, window_captions(dataset, windows))
