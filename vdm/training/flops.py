@@ -30,6 +30,7 @@ from torch.utils.flop_counter import (
 )
 
 from vdm.inference.model import num_classes_of, takes_given_frames
+from vdm.models.text_embedding import TextEmbedding
 
 aten = torch.ops.aten
 
@@ -87,7 +88,9 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def training_flops_per_clip(denoiser: nn.Module, clip_shape: tuple[int, ...]) -> int:
+def training_flops_per_clip(
+    denoiser: nn.Module, clip_shape: tuple[int, ...], text: TextEmbedding | None = None
+) -> int:
     """Model FLOPs of one training step (forward + backward) of ``denoiser`` on one clip.
 
     Runs the denoiser once on a zero clip of ``clip_shape = (C, T, H, W)`` (timestep 0, label 0,
@@ -101,6 +104,8 @@ def training_flops_per_clip(denoiser: nn.Module, clip_shape: tuple[int, ...]) ->
     Args:
         denoiser: ``UNet3D``, ``SpaceTimeTransformer`` or any module with their ``forward``.
         clip_shape: ``(C, T, H, W)`` of a training clip.
+        text: one caption's embedding, for a denoiser built with text (its cross-attention
+            counts; the text encoder does not).
     """
     parameter = next(denoiser.parameters())
     device, dtype = parameter.device, parameter.dtype
@@ -112,7 +117,8 @@ def training_flops_per_clip(denoiser: nn.Module, clip_shape: tuple[int, ...]) ->
         context = torch.zeros(1, clip_shape[1], dtype=torch.bool, device=device)
 
     def step() -> None:
-        out = denoiser.forward(x, t, labels, context=context)
+        extra = {} if text is None else {"text": text.to(device)}
+        out = denoiser.forward(x, t, labels, context=context, **extra)
         out.float().square().mean().backward()
 
     parameters = list(denoiser.parameters())

@@ -148,7 +148,11 @@ class ThroughputLog(Callback):
         if denoiser is None:
             return None
         try:
-            flops = training_flops_per_clip(denoiser, clip_shape)
+            text = None
+            if getattr(pl_module, "takes_text", False):  # the denoiser's FLOPs on the null prompt
+                with torch.no_grad():
+                    text = pl_module.encode_text([""])
+            flops = training_flops_per_clip(denoiser, clip_shape, text)
         except Exception as error:  # a metric must not end a run
             rank_zero_warn(
                 f"Counting the denoiser's FLOPs failed ({error!r}): train/mfu is not logged. "
