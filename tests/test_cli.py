@@ -154,6 +154,66 @@ def test_evaluate_command_writes_the_metrics_json(unconditional_ckpt, tmp_path):
     assert json.loads(out.read_text())["protocol"]["num_generated"] == 8
 
 
+def test_text_to_video_commands_train_sample_prompts_and_score_adherence(tmp_path):
+    """``train.py text_encoder=tiny debug=fast``, then ``vdm.sample prompt=...``,
+    ``prompts=FILE`` and ``vdm.evaluate task=adherence``, as the README writes them."""
+    train(tmp_path, "text_encoder=tiny", "debug=fast", "run_name=t2v")
+    ckpt = tmp_path / "logs" / "runs" / "t2v" / "checkpoints" / "last.ckpt"
+    run = [sys.executable, "-m", "vdm.sample", f"ckpt_path={ckpt}", "sampler.steps=3"]
+    one = subprocess.run(
+        [*run, "prompt=a red square moves right", "num_samples=2", f"out_dir={tmp_path}/one"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    names = sorted(p.name for p in (tmp_path / "one").glob("*.mp4"))
+    assert names == [f"sample_000{i}_a_red_square_moves_right.mp4" for i in (0, 1)]
+    assert (
+        np.load(tmp_path / "one" / "samples.npz")["prompts"].tolist()
+        == ["a red square moves right"] * 2
+    )
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a blue circle moves up\n\ntwo green triangles moving left\n")
+    many = subprocess.run(
+        [*run, f"prompts={prompts}", "num_samples=2", "negative_prompt=a red circle",
+         f"out_dir={tmp_path}/many"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert many.returncode == 0, many.stderr[-3000:]
+    stored = np.load(tmp_path / "many" / "samples.npz")
+    assert stored["videos"].shape[0] == 4  # 2 prompts x num_samples
+    assert stored["prompts"].tolist()[1:3] == [
+        "a blue circle moves up",
+        "two green triangles moving left",
+    ]
+    plain = tmp_path / "plain"
+    train(plain, "debug=fast", "run_name=plain")
+    plain_ckpt = plain / "logs" / "runs" / "plain" / "checkpoints" / "last.ckpt"
+    refused = subprocess.run(
+        [sys.executable, "-m", "vdm.sample", f"ckpt_path={plain_ckpt}", "prompt=a red circle"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert "trained without a text encoder" in refused.stderr.strip().splitlines()[-1]
+    out = tmp_path / "adherence.json"
+    scored = subprocess.run(
+        [sys.executable, "-m", "vdm.evaluate", f"ckpt_path={ckpt}", "task=adherence",
+         "num_samples=4", "sampler.steps=3", f"out={out}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["metrics"]["real"]["colour"] >= 0.9  # real clips show their own captions
+    assert set(report["metrics"]["model"]) == {
+        "colour",
+        "shape",
+        "size",
+        "direction",
+        "count",
+        "all",
+    }
+    assert report["protocol"]["prompts"] == "the real clips' captions"
+
+
 # Progress lines (vdm.training.progress) after every step: the marker that training runs.
 EVERY_STEP = "callbacks.progress_log.every_n_steps=1"
 

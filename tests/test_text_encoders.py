@@ -345,3 +345,20 @@ def test_a_frozen_encoder_prompts_a_module_without_entering_its_state_or_its_cop
     checkpoint["text_encoder"] = other.fingerprint
     with pytest.raises(UserError, match="ckpt_path: trained with the t5 text encoder"):
         module.on_load_checkpoint(checkpoint)
+
+
+def test_the_cache_moves_its_encoder_only_when_a_caption_must_be_encoded(t5, tmp_path):
+    moves = []
+
+    class Tracking(Counting):
+        def to(self, *args, **kwargs):
+            moves.append(args)
+            return self
+
+    cache = CachedTextEncoder(Tracking(t5), root=tmp_path)
+    cache.encode(["a red ball"])
+    cache.to("cpu")
+    cache.encode(["a red ball", ""])  # hits: nothing moves
+    assert moves == []
+    cache.encode(["a new caption"])
+    assert moves == [("cpu",)]

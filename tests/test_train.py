@@ -77,17 +77,17 @@ def test_a_short_run_writes_checkpoints_samples_and_metrics(tmp_path, overrides)
 
 
 @pytest.mark.parametrize(
-    ("context", "accumulate", "diffusion", "latent"),
+    ("context", "accumulate", "diffusion", "latent", "text"),
     [
-        ("none", 1, "ddpm", False),
-        ("mixed", 1, "ddpm", False),
-        ("mixed", 1, "ddpm", True),
-        pytest.param("none", 2, "ddpm", False, marks=pytest.mark.slow),
-        pytest.param("mixed", 1, "flow", False, marks=pytest.mark.slow),
+        ("none", 1, "ddpm", False, "none"),
+        ("mixed", 1, "ddpm", False, "none"),
+        ("mixed", 1, "ddpm", True, "tiny"),
+        pytest.param("none", 2, "ddpm", False, "none", marks=pytest.mark.slow),
+        pytest.param("mixed", 1, "flow", False, "none", marks=pytest.mark.slow),
     ],
 )
 def test_resumed_run_ends_exactly_where_the_uninterrupted_one_does(
-    tmp_path, request, context, accumulate, diffusion, latent
+    tmp_path, request, context, accumulate, diffusion, latent, text
 ):
     """Interrupt at step 3, mid-epoch (8 batches per epoch), with EMA updating from step 1.
 
@@ -97,7 +97,8 @@ def test_resumed_run_ends_exactly_where_the_uninterrupted_one_does(
     With 2 batches per step the checkpoint still falls between steps (val_check_interval counts
     steps), and the second epoch starts in the middle of the run. Rectified flow draws its
     (logit-normal) times from the step's seed as DDPM draws its steps. On a VAE's latents, each
-    step's posterior samples come from the step's seed too.
+    step's posterior samples come from the step's seed too; with text, each step's caption
+    dropout as well, and the tiny text encoder's weights (in the state dict) resume with the rest.
     """
     vae = [f"autoencoder.ckpt_path={request.getfixturevalue('vae_ckpt')}"] if latent else []
     common = [
@@ -109,6 +110,7 @@ def test_resumed_run_ends_exactly_where_the_uninterrupted_one_does(
         f"context={context}",
         f"trainer.accumulate_grad_batches={accumulate}",
         f"diffusion={diffusion}",
+        f"text_encoder={text}",
     ]
     run(compose_run(tmp_path / "full", *common, "trainer.max_steps=6"))
     run(compose_run(tmp_path / "first", *common, "trainer.max_steps=3"))
@@ -118,6 +120,7 @@ def test_resumed_run_ends_exactly_where_the_uninterrupted_one_does(
     full = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.ckpt")
     resumed = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
     assert resumed["global_step"] == full["global_step"] == 6
+    assert any(k.startswith("text_encoder.") for k in full["state_dict"]) == (text == "tiny")
     for key in ("state_dict", "current_model_state"):  # EMA and training weights
         for name, value in full[key].items():
             assert torch.equal(value, resumed[key][name]), (key, name)

@@ -23,13 +23,14 @@ from vdm.cli.overrides import check_overrides
 from vdm.errors import UserError
 from vdm.evaluation.fvd import fvd_of_samples
 from vdm.evaluation.metrics import FrechetVideoDistance
+from vdm.evaluation.prompt_adherence import adherence_of_samples
 from vdm.evaluation.real_clips import real_batches, real_data_config
 from vdm.evaluation.tasks import evaluate_context_task
 from vdm.files.verify import sha256_of
 from vdm.inference.generation import sampler_name
 from vdm.inference.run import run_dir_of
 
-TASKS = ("generate", "predict", "interpolate")
+TASKS = ("generate", "predict", "interpolate", "adherence")
 
 
 def check_config(cfg: DictConfig) -> str:
@@ -37,7 +38,7 @@ def check_config(cfg: DictConfig) -> str:
     check_sample_config(cfg)
     task = cfg.get("task") or "generate"
     if task not in TASKS:
-        raise UserError(f"Unknown task={task}: use generate, predict or interpolate.")
+        raise UserError(f"Unknown task={task}: use generate, predict, interpolate or adherence.")
     keys = ("ckpt_path", "fvd.extractor") if task == "generate" else ("ckpt_path",)
     for key in keys:
         if OmegaConf.is_missing(cfg, key) or not OmegaConf.select(cfg, key):
@@ -49,8 +50,9 @@ def check_config(cfg: DictConfig) -> str:
 
 
 def default_samples(task: str) -> int:
-    """``num_samples`` when null: 256 clips for FVD, 4 samples per clip for prediction."""
-    return 256 if task == "generate" else 4
+    """``num_samples`` when null: 256 clips for FVD, 4 samples per clip for prediction, 64
+    prompted clips for adherence."""
+    return {"generate": 256, "adherence": 64}.get(task, 4)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -63,7 +65,7 @@ def run(cfg: DictConfig) -> dict:
     model, run_cfg = loaded.model, loaded.config
     if fvd is not None:
         fvd = fvd.to(model.device)
-    if task != "generate" and not model.frame_conditioning:
+    if task in ("predict", "interpolate") and not model.frame_conditioning:
         raise UserError(
             f"task={task} needs a checkpoint trained with frame masks (python train.py "
             f"context=mixed); ckpt_path={cfg.ckpt_path} was trained with context=none."
@@ -79,7 +81,16 @@ def run(cfg: DictConfig) -> dict:
     samples = cfg.num_samples or default_samples(task)
     options = dict(seed=cfg.seed, precision=cfg.precision)
     start = time.perf_counter()
-    if task == "generate":
+    if task == "adherence":
+        if not str(data_cfg._target_).endswith("MovingShapesDataModule"):
+            raise UserError(
+                "task=adherence reads objects back from the frames of the shapes set only: "
+                "evaluate a run trained on data=shapes (or pass data=shapes)."
+            )
+        real = real_batches(data_cfg, cfg.split, samples, cfg.seed, cfg.batch_size)
+        metrics, counts = adherence_of_samples(loaded, sampler, real, cfg.batch_size, guidance,
+                                               **options)  # fmt: skip
+    elif task == "generate":
         real = real_batches(data_cfg, cfg.split, cfg.num_real or samples, cfg.seed, cfg.batch_size)
         metrics, counts = fvd_of_samples(loaded, sampler, fvd, real, samples, data_cfg.clip_len,
                                          cfg.batch_size, guidance, **options)  # fmt: skip
@@ -105,7 +116,10 @@ def run(cfg: DictConfig) -> dict:
 
     name = sampler_name(sampler, model.diffusion.num_steps)
     stem = f"{Path(cfg.ckpt_path).stem}-{name}-n{samples}-seed{cfg.seed}"
-    stem += "" if task == "generate" else f"-{task}{cfg.context.frames}"
+    if task in ("predict", "interpolate"):
+        stem += f"-{task}{cfg.context.frames}"
+    elif task == "adherence":
+        stem += "-adherence"
     out = Path(cfg.out or run_dir_of(cfg.ckpt_path) / "eval" / f"{stem}.json")
     extractor = None
     if fvd is not None:
@@ -138,7 +152,9 @@ def run(cfg: DictConfig) -> dict:
         "seed": cfg.seed,
         "precision": cfg.precision,
     }
-    if task != "generate":
+    if model.takes_text:
+        protocol["prompts"] = "the real clips' captions"
+    if task in ("predict", "interpolate"):
         protocol["labels"] = "the real clips' labels" if model.num_classes else None
         protocol["context_frames"] = cfg.context.frames
     report = {
@@ -164,6 +180,13 @@ def summary_line(task: str, metrics: dict, counts: dict) -> str:
         return (
             f"FVD {metrics['fvd']:.2f} ({counts['num_generated']} generated vs "
             f"{counts['num_real']} real clips)"
+        )
+    if task == "adherence":
+        model, real, shuffled = (metrics[k]["all"] for k in ("model", "real", "shuffled"))
+        columns = ", ".join(f"{k} {v:.2f}" for k, v in metrics["model"].items())
+        return (
+            f"caption adherence over {counts['num_clips']} clips: {columns} (all: real clips "
+            f"{real:.2f}, samples against other prompts {shuffled:.2f}; model {model:.2f})"
         )
     model, base, plain = metrics["model"], metrics["baseline"], metrics["unconditional"]
     return (

@@ -87,6 +87,7 @@ class CachedTextEncoder:
         self.folder = Path(root or default_cache_dir()).expanduser() / "text"
         self.folder /= encoder_key(encoder.fingerprint)
         self.in_memory = in_memory
+        self._move_to: tuple[tuple, dict] | None = None  # see to()
         self._memory: dict[str, TextEmbedding] = {}
         self._write_description()
         self._null = self.encode([""])  # always stored: guidance and caption dropout need it
@@ -109,8 +110,10 @@ class CachedTextEncoder:
         return self
 
     def to(self, *args, **kwargs) -> CachedTextEncoder:
-        """Move the wrapped encoder (where misses are encoded); entries stay on the CPU."""
-        self.encoder.to(*args, **kwargs)
+        """Where misses are encoded: the wrapped encoder moves there at the first miss, not
+        before, so a run whose captions are all cached never puts a large T5 on its GPU.
+        Entries stay on the CPU."""
+        self._move_to = (args, kwargs)
         return self
 
     @property
@@ -215,6 +218,10 @@ class CachedTextEncoder:
 
     def _encode_and_store(self, captions: list[str], keep: bool = True) -> dict[str, TextEmbedding]:
         """Encode ``captions`` (distinct) in one call and store each row."""
+        if self._move_to is not None:
+            args, kwargs = self._move_to
+            self.encoder.to(*args, **kwargs)
+            self._move_to = None
         fresh = self.encoder.encode(captions).to("cpu")
         mask = fresh.mask.bool()
         tokens = fresh.tokens.masked_fill(~mask[..., None], 0)  # as a read entry has them

@@ -3,6 +3,7 @@ a LightningModule."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,8 @@ from vdm.inference.model import (
 from vdm.text import check_same_text_encoder
 from vdm.training.lightning_internals import attached_trainer
 from vdm.training.optim import optimizers_for
+
+log = logging.getLogger(__name__)
 
 QUARTILES = 4  # train/loss_q0..q3: loss per quarter of the timestep range
 
@@ -203,6 +206,26 @@ class VideoDiffusionModule(DenoiserHolder, LightningModule):
         generator = self._generator(1, batch_idx, self.global_rank)
         loss, _, _ = self._loss(batch, generator, train=False)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["video"]))
+
+    def on_fit_start(self) -> None:
+        """With text: refuse data without captions before the first step, and encode every
+        caption of a frozen encoder into its cache once, here, rather than batch by batch."""
+        encoder = text_encoder_of(self)
+        datamodule = getattr(attached_trainer(self), "datamodule", None)
+        if encoder is None or datamodule is None:
+            return
+        sets = [getattr(datamodule, name, None) for name in ("train_set", "val_set")]
+        captions = [getattr(dataset, "captions", None) for dataset in sets if dataset is not None]
+        if any(c is None for c in captions):
+            raise UserError(
+                "The model is prompted with text (text_encoder is set) but the data has no "
+                "captions: give it captions (data.captions=FILE, or a .txt beside each video), "
+                "or train with text_encoder=none."
+            )
+        if hasattr(encoder, "precompute"):
+            encoder.to(self.device)
+            encoded = encoder.precompute(c for part in captions for c in part)
+            log.info("Text cache: %d new caption embeddings", encoded)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.autoencoder.fingerprint is not None:  # pixel-space checkpoints stay as they were
