@@ -120,6 +120,12 @@ def unconditional_ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def text_ckpt(tmp_path_factory) -> Path:
+    """A checkpoint of the tiny U-Net prompted through the tiny text encoder, 2 steps."""
+    return train_tiny(tmp_path_factory.mktemp("trained") / "text", 0, "text_encoder=tiny")
+
+
+@pytest.fixture(scope="session")
 def context_ckpt(tmp_path_factory) -> Path:
     """A 3-class checkpoint of the tiny U-Net trained with frame masks (context=mixed)."""
     return train_tiny(tmp_path_factory.mktemp("trained") / "context", 3, "context=mixed")

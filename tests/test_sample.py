@@ -191,3 +191,38 @@ def test_a_checkpoint_naming_classes_at_their_old_paths_still_loads(conditional_
     assert get_method(loaded.config.lr_scheduler._target_) is warmup_cosine
     fresh = load_run(conditional_ckpt).model.denoiser.state_dict()
     assert all(torch.equal(v, fresh[k]) for k, v in loaded.model.denoiser.state_dict().items())
+
+
+def test_prompts_name_the_files_and_are_stored_with_the_clips(text_ckpt, tmp_path):
+    out = sample(text_ckpt, tmp_path / "one", "prompt='A red square, moving right!'", "num_samples=2",
+                 "sampler.steps=2")  # fmt: skip
+    assert [p.name for p in sorted(out.glob("*.mp4"))] == [
+        "sample_0000_a_red_square_moving_right.mp4", "sample_0001_a_red_square_moving_right.mp4"
+    ]  # fmt: skip
+    stored = np.load(out / "samples.npz")
+    assert stored["prompts"].tolist() == ["A red square, moving right!"] * 2
+    again = sample(text_ckpt, tmp_path / "again", "prompt='A red square, moving right!'",
+                   "num_samples=1", "sampler.steps=2")  # fmt: skip
+    assert np.array_equal(np.load(again / "samples.npz")["videos"][0], stored["videos"][0])
+    default = run(compose_config("sample", f"ckpt_path={text_ckpt}", "prompt=a blue circle",
+                                 "num_samples=1", "sampler.steps=2"))  # fmt: skip
+    assert default.name.endswith("-seed0-a_blue_circle")  # the folder names a single prompt
+    lines = tmp_path / "prompts.txt"
+    lines.write_text("a blue circle\n\n  two green triangles  \n")
+    many = sample(text_ckpt, tmp_path / "many", f"prompts={lines}", "num_samples=2",
+                  "sampler.steps=2", "negative_prompt=red")  # fmt: skip
+    assert np.load(many / "samples.npz")["prompts"].tolist() == [
+        "a blue circle", "a blue circle", "two green triangles", "two green triangles"
+    ]  # fmt: skip
+
+
+def test_prompt_mistakes_are_one_line(text_ckpt, conditional_ckpt, tmp_path):
+    with pytest.raises(ValueError, match="prompt= and prompts= are both set"):
+        sample(text_ckpt, tmp_path, "prompt=a", f"prompts={tmp_path}/p.txt")
+    with pytest.raises(ValueError, match="prompts=.*is not a file"):
+        sample(text_ckpt, tmp_path, f"prompts={tmp_path}/missing.txt")
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(ValueError, match="holds no prompt"):
+        sample(text_ckpt, tmp_path, f"prompts={tmp_path}/empty.txt")
+    with pytest.raises(ValueError, match="trained without a text encoder"):
+        sample(conditional_ckpt, tmp_path, "prompt=a red circle")
