@@ -194,15 +194,14 @@ def test_a_checkpoint_naming_classes_at_their_old_paths_still_loads(conditional_
 
 
 def test_prompts_name_the_files_and_are_stored_with_the_clips(text_ckpt, tmp_path):
-    out = sample(text_ckpt, tmp_path / "one", "prompt='A red square, moving right!'", "num_samples=2",
-                 "sampler.steps=2")  # fmt: skip
+    prompt = "prompt='A red square, moving right!'"  # quoted: Hydra reads a bare comma as a list
+    out = sample(text_ckpt, tmp_path / "one", prompt, "num_samples=2", "sampler.steps=2")
     assert [p.name for p in sorted(out.glob("*.mp4"))] == [
         "sample_0000_a_red_square_moving_right.mp4", "sample_0001_a_red_square_moving_right.mp4"
     ]  # fmt: skip
     stored = np.load(out / "samples.npz")
     assert stored["prompts"].tolist() == ["A red square, moving right!"] * 2
-    again = sample(text_ckpt, tmp_path / "again", "prompt='A red square, moving right!'",
-                   "num_samples=1", "sampler.steps=2")  # fmt: skip
+    again = sample(text_ckpt, tmp_path / "again", prompt, "num_samples=1", "sampler.steps=2")
     assert np.array_equal(np.load(again / "samples.npz")["videos"][0], stored["videos"][0])
     default = run(compose_config("sample", f"ckpt_path={text_ckpt}", "prompt=a blue circle",
                                  "num_samples=1", "sampler.steps=2"))  # fmt: skip
