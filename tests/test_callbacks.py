@@ -30,8 +30,8 @@ def callback(tmp_path, batch_size: int) -> SampleVideos:
 
 def test_chunked_sampling_gives_the_clips_of_one_batch(module, tmp_path):
     whole, chunked = callback(tmp_path, batch_size=64), callback(tmp_path, batch_size=4)
-    videos, labels = whole.sample(module)
-    chunked_videos, chunked_labels = chunked.sample(module)
+    videos, labels, _ = whole.sample(module)
+    chunked_videos, chunked_labels, _ = chunked.sample(module)
     assert videos.shape == (6, 8, 32, 32, 3)  # 2 per class, 3 classes
     assert labels.tolist() == [0, 0, 1, 1, 2, 2] == chunked_labels.tolist()
     np.testing.assert_array_equal(videos, chunked_videos)

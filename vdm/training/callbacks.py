@@ -173,7 +173,7 @@ class SampleVideos(Callback):
 
     def sample_prompts(self, pl_module: LightningModule) -> list[str] | None:
         """The prompts of a text-conditional model's samples (None for a model without text)."""
-        if not pl_module.takes_text:
+        if not getattr(pl_module, "takes_text", False):
             return None
         if self.prompts is not None:
             return self.prompts
@@ -225,7 +225,7 @@ class SampleVideos(Callback):
         labels = None
         if pl_module.num_classes and "label" in self._real:
             labels = self._real["label"].to(pl_module.device)
-        prompts = list(self._real["caption"]) if pl_module.takes_text else None
+        prompts = list(self._real["caption"]) if getattr(pl_module, "takes_text", False) else None
         guided = labels is not None or prompts is not None
         scale = self.guidance_scale if guided else 1.0
         videos = sample_videos(
