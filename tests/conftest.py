@@ -184,3 +184,31 @@ def tiny_wan_vae(folder: Path) -> Path:
     )  # fmt: skip
     vae.save_pretrained(folder / "vae")
     return folder
+
+
+def tiny_text_encoder(folder: Path, kind: str = "t5") -> Path:
+    """A tiny transformers T5 encoder or CLIP text model (width 32, 2 layers) with a byte-level
+    tokenizer that needs no vocabulary file, saved into ``folder`` (nothing downloaded)."""
+    import torch
+    from transformers import (
+        ByT5Tokenizer,
+        CLIPTextConfig,
+        CLIPTextModel,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    torch.manual_seed(0)
+    if kind == "t5":
+        model = T5EncoderModel(
+            T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+        )
+    else:
+        model = CLIPTextModel(
+            CLIPTextConfig(vocab_size=384, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=4,
+                           max_position_embeddings=64, eos_token_id=1, pad_token_id=0)
+        )  # fmt: skip
+    model.save_pretrained(folder)
+    ByT5Tokenizer().save_pretrained(folder)
+    return folder

@@ -103,7 +103,9 @@ def test_sampling_uses_the_ema_weights_stored_in_the_checkpoint(conditional_ckpt
 
 
 def test_guidance_on_an_unconditional_model_is_a_clear_error(unconditional_ckpt, tmp_path):
-    with pytest.raises(ValueError, match=r"guidance_scale=2 needs a class-conditional model"):
+    with pytest.raises(
+        ValueError, match=r"guidance_scale=2 needs a class- or text-conditional model"
+    ):
         sample(unconditional_ckpt, tmp_path, "num_samples=1", "guidance_scale=2")
 
 

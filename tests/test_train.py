@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, compose_run, tiny_kl_vae, tiny_wan_vae
+from conftest import CONF, compose_run, tiny_kl_vae, tiny_text_encoder, tiny_wan_vae
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
@@ -238,15 +238,25 @@ def test_every_option_of_every_group_composes_and_instantiates(
     tmp_path, request, shared_videos, group, option
 ):
     overrides = [f"{group}={option}"]
-    if (group, option) in (("autoencoder", "vdm"), ("experiment", "shapes_latent")):
+    if (group, option) in (
+        ("autoencoder", "vdm"), ("experiment", "shapes_latent"), ("experiment", "shapes_t2v")
+    ):  # fmt: skip
         overrides.append(f"autoencoder.ckpt_path={request.getfixturevalue('vae_ckpt')}")
+    if (group, option) in (("text_encoder", "t5"), ("text_encoder", "clip")):
+        overrides.append(f"text_encoder.path={tiny_text_encoder(tmp_path / option, option)}")
+        overrides.append("text_encoder.max_length=16")
+    if option == "t2v_latent":  # a frozen T5 and captions beside the SD VAE
+        overrides.append(f"text_encoder.path={tiny_text_encoder(tmp_path / 't5')}")
+        captions = tmp_path / "captions.csv"
+        captions.write_text("path,caption\nBasketball/basketball.mp4,a man plays basketball\n")
+        overrides.append(f"data.captions={captions}")
     if (group, option) == ("autoencoder", "diffusers"):
         overrides.append(f"autoencoder.path={tiny_kl_vae(tmp_path / 'kl')}")
-    if option == "ucf101_latent":  # the SD VAE's geometry: 8×8, 4 channels
+    if option in ("ucf101_latent", "t2v_latent"):  # the SD VAE's geometry: 8×8, 4 channels
         overrides.append(f"autoencoder.path={tiny_kl_vae(tmp_path / 'kl', levels=4)}")
     if option == "ucf101_wan_latent":
         overrides.append(f"autoencoder.path={tiny_wan_vae(tmp_path / 'wan')}")
-    ucf101 = option.startswith("ucf101")  # the shapes recipes keep the embedded set
+    ucf101 = option.startswith("ucf101") or option == "t2v_latent"  # shapes recipes: the set
     if (group == "data" and option == "folder") or ucf101:
         overrides.append(f"data.root={shared_videos / 'real'}")
     if group in ("trainer", "experiment"):  # this machine has no GPU: build them on CPU
@@ -256,7 +266,7 @@ def test_every_option_of_every_group_composes_and_instantiates(
             "trainer.devices=1",
             "trainer.precision=32-true",
         ]
-    if ucf101:
+    if ucf101 and option != "t2v_latent":  # t2v_latent is prompted, not labelled
         overrides += ["data.num_classes=7"]
     if (group, option) in (("sampler", "euler"), ("sampler", "heun")):
         overrides.append("diffusion=flow")  # flow samplers integrate a flow
@@ -286,6 +296,13 @@ def test_every_option_of_every_group_composes_and_instantiates(
             "diffusers": "DiffusersAutoencoder",
         }
         assert type(module.autoencoder).__name__ == loaded[option]
+    if group == "text_encoder" or option in ("shapes_t2v", "t2v_latent"):
+        encoder = {"none": None, "tiny": "TinyTextEncoder", "shapes_t2v": "TinyTextEncoder"}.get(
+            option, "CachedTextEncoder"
+        )  # t5, clip and t2v_latent: a frozen encoder behind its cache
+        found = getattr(module, "text_encoder", None)
+        assert (type(found).__name__ if found is not None else None) == encoder
+        assert module.denoiser.text_dim == (found.dim if found is not None else 0)
     assert type(module.denoiser).__name__ == built(cfg.model._target_)
     assert type(module.diffusion).__name__ == built(cfg.diffusion._target_)
     assert module.hparams["model"] == OmegaConf.to_container(cfg.model, resolve=True)
