@@ -40,9 +40,8 @@ def clip_folder(path: str | Path) -> Path:
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise MissingFileError(f"{KEY}={folder} is not a folder: {FIX}.")
-    for name in ("config.json", "preprocessor_config.json"):
-        if not (folder / name).is_file():
-            raise UserError(f"{KEY}={folder} has no {name}: {FIX}.")
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{KEY}={folder} has no config.json: {FIX}.")
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -53,15 +52,17 @@ def clip_folder(path: str | Path) -> Path:
             f"{KEY}={folder} holds {found}, not a CLIPModel (text and image towers): point it at "
             "a whole CLIP, e.g. openai/clip-vit-base-patch32 saved with save_pretrained."
         )
+    if not (folder / "preprocessor_config.json").is_file():
+        raise UserError(f"{KEY}={folder} has no preprocessor_config.json: {FIX}.")
     return folder
 
 
 class ClipScore:
     """CLIP-score of uint8 videos against prompts, with the CLIP of a local folder.
 
-    Frames go through the folder's image processor (resized and centre-cropped to CLIP's input,
-    e.g. 224²) and image tower one by one; prompts through its tokenizer, truncated to the text
-    tower's positions (77 for OpenAI's CLIP), and text tower. Each distinct prompt is encoded
+    Each frame goes through the folder's image processor (resized and centre-cropped to CLIP's
+    input, e.g. 224²) and image tower on its own; prompts through its tokenizer, truncated to the
+    text tower's positions (77 for OpenAI's CLIP), and text tower. Each distinct prompt is encoded
     once.
 
     Example::
@@ -112,6 +113,7 @@ class ClipScore:
 
     @property
     def device(self) -> torch.device:
+        """Where the model runs."""
         return next(self.model.parameters()).device
 
     def protocol(self) -> dict:
