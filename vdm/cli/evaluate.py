@@ -1,6 +1,7 @@
 """``vdm-evaluate ckpt_path=PATH fvd.extractor=PATH`` (``python -m vdm.evaluate``): FVD of a
-checkpoint's samples against real clips, or PSNR / SSIM of its predictions and interpolations,
-printed and written as JSON together with the protocol that produced them."""
+checkpoint's samples against real clips (and CLIP-score against their prompts, ``clip.path=``),
+or PSNR / SSIM of its predictions and interpolations, printed and written as JSON together with
+the protocol that produced them."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from vdm.cli.common import load_configured_run, sampler_config, sampler_for
 from vdm.cli.errors import user_errors_in_one_line
 from vdm.cli.overrides import check_overrides
 from vdm.errors import UserError
+from vdm.evaluation.clip_score import ClipScore
 from vdm.evaluation.fvd import fvd_of_samples
 from vdm.evaluation.metrics import FrechetVideoDistance
 from vdm.evaluation.prompt_adherence import adherence_of_samples
@@ -39,7 +41,12 @@ def check_config(cfg: DictConfig) -> str:
     task = cfg.get("task") or "generate"
     if task not in TASKS:
         raise UserError(f"Unknown task={task}: use generate, predict, interpolate or adherence.")
-    keys = ("ckpt_path", "fvd.extractor") if task == "generate" else ("ckpt_path",)
+    clip = OmegaConf.select(cfg, "clip.path")
+    if clip and task not in ("generate", "adherence"):
+        raise UserError(f"clip.path scores task=generate and adherence: set clip.path=null for "
+                        f"task={task}.")  # fmt: skip
+    # CLIP-score alone needs no FVD extractor
+    keys = ("ckpt_path", "fvd.extractor") if task == "generate" and not clip else ("ckpt_path",)
     for key in keys:
         if OmegaConf.is_missing(cfg, key) or not OmegaConf.select(cfg, key):
             raise UserError(
@@ -61,10 +68,20 @@ def run(cfg: DictConfig) -> dict:
     fvd = None
     if cfg.fvd.get("extractor"):  # checked before the model loads: a missing file fails fast
         fvd = FrechetVideoDistance(cfg.fvd.extractor, feature_dim=cfg.fvd.feature_dim)
+    clip = None
+    if cfg.clip.get("path"):  # likewise
+        clip = ClipScore(cfg.clip.path, cfg.clip.frame_stride)
     loaded = load_configured_run(cfg, "vdm.evaluate")
     model, run_cfg = loaded.model, loaded.config
     if fvd is not None:
         fvd = fvd.to(model.device)
+    if clip is not None:
+        if not model.takes_text:
+            raise UserError(
+                f"clip.path is set, but CLIP-score needs a text-conditional checkpoint: "
+                f"ckpt_path={cfg.ckpt_path} takes no prompt (set clip.path=null)."
+            )
+        clip.to(model.device)
     if task in ("predict", "interpolate") and not model.frame_conditioning:
         raise UserError(
             f"task={task} needs a checkpoint trained with frame masks (python train.py "
@@ -89,11 +106,13 @@ def run(cfg: DictConfig) -> dict:
             )
         real = real_batches(data_cfg, cfg.split, samples, cfg.seed, cfg.batch_size)
         metrics, counts = adherence_of_samples(loaded, sampler, real, cfg.batch_size, guidance,
-                                               **options)  # fmt: skip
+                                               clip=clip, **options)  # fmt: skip
     elif task == "generate":
         real = real_batches(data_cfg, cfg.split, cfg.num_real or samples, cfg.seed, cfg.batch_size)
-        metrics, counts = fvd_of_samples(loaded, sampler, fvd, real, samples, data_cfg.clip_len,
-                                         cfg.batch_size, guidance, **options)  # fmt: skip
+        metrics, counts = fvd_of_samples(
+            loaded, sampler, fvd, real, samples, data_cfg.clip_len, cfg.batch_size, guidance,
+            clip=clip, **options,
+        )  # fmt: skip
     else:
         real = real_batches(data_cfg, cfg.split, cfg.num_clips, cfg.seed,
                             max(1, cfg.batch_size // samples))  # fmt: skip
@@ -146,6 +165,7 @@ def run(cfg: DictConfig) -> dict:
         "frame_stride": data_cfg.get("frame_stride", 1),
         "resolution": [run_cfg.data.size, run_cfg.data.size],
         "extractor": extractor,
+        "clip_score": clip.protocol() if clip is not None else None,
         "sampler": {"name": name, **OmegaConf.to_container(sampler_config(cfg, loaded))},
         "guidance_scale": guidance,
         "labels": "classes in equal blocks" if model.num_classes else None,
@@ -176,10 +196,16 @@ def run(cfg: DictConfig) -> dict:
 
 def summary_line(task: str, metrics: dict, counts: dict) -> str:
     """One line of the headline numbers."""
+    clip = ""
+    if "clip_score" in metrics:
+        real = metrics["clip_score_real"]
+        clip = f"CLIP-score {metrics['clip_score']:.2f} (real clips {real:.2f})"
     if task == "generate":
+        parts = [f"FVD {metrics['fvd']:.2f}"] if "fvd" in metrics else []
+        parts += [clip] if clip else []
         return (
-            f"FVD {metrics['fvd']:.2f} ({counts['num_generated']} generated vs "
-            f"{counts['num_real']} real clips)"
+            f"{', '.join(parts)} ({counts['num_generated']} generated vs {counts['num_real']} "
+            "real clips)"
         )
     if task == "adherence":
         model, real, shuffled = (metrics[k]["all"] for k in ("model", "real", "shuffled"))
@@ -187,6 +213,7 @@ def summary_line(task: str, metrics: dict, counts: dict) -> str:
         return (
             f"caption adherence over {counts['num_clips']} clips: {columns} (all: real clips "
             f"{real:.2f}, samples against other prompts {shuffled:.2f}; model {model:.2f})"
+            + (f"; {clip}" if clip else "")
         )
     model, base, plain = metrics["model"], metrics["baseline"], metrics["unconditional"]
     return (

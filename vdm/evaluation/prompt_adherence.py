@@ -13,6 +13,7 @@ from vdm.data.shape_captions import parse_caption
 from vdm.diffusion.sampling_loop import SamplingLoop
 from vdm.errors import UserError
 from vdm.evaluation.adherence import score_clips
+from vdm.evaluation.clip_score import ClipScore
 from vdm.files.video import to_uint8
 from vdm.inference.run import LoadedRun
 
@@ -27,15 +28,20 @@ def adherence_of_samples(
     guidance_scale: float,
     seed: int = 0,
     precision: str = "32-true",
+    clip: ClipScore | None = None,
 ) -> tuple[dict, dict]:
     """Sample one clip per real clip, prompted with its caption, and score all three sides.
+
+    Args:
+        clip: also the CLIP-score of the samples against their prompts (``clip_score``) and of
+            the real clips against their captions (``clip_score_real``).
 
     Returns:
         ``(metrics, counts)``: ``metrics`` has ``model`` (the samples against their prompts),
         ``real`` (the real clips against their own captions: the ceiling, about 0.97 on
         ``all``) and ``shuffled`` (the samples against the next clip's prompt: what ignoring
-        the prompt scores), each the columns of :func:`~vdm.evaluation.adherence.adherence`;
-        ``counts`` the number of clips.
+        the prompt scores), each the columns of :func:`~vdm.evaluation.adherence.adherence`,
+        and the CLIP-scores when ``clip`` is given; ``counts`` the number of clips.
     """
     if not loaded.model.takes_text:
         raise UserError(
@@ -63,4 +69,7 @@ def adherence_of_samples(
         "real": score_clips(list(real_clips), facts),
         "shuffled": score_clips(list(videos), shifted),
     }
+    if clip is not None:
+        metrics["clip_score"] = clip.score(videos, captions).mean
+        metrics["clip_score_real"] = clip.score(real_clips, captions).mean
     return metrics, {"num_clips": len(captions)}

@@ -35,13 +35,14 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "added_tokens.json")  # fmt: skip
 
 
-def import_transformers():
-    """The transformers module, or one line saying how to install it."""
+def import_transformers(needed_by: str = "a pretrained text encoder"):
+    """The transformers module, or one line saying that ``needed_by`` needs it and how to install
+    it."""
     try:
         import transformers  # optional: runs without text never import it
     except ImportError:
         raise UserError(
-            "a pretrained text encoder needs the transformers package: pip install 'vdm[text]' "
+            f"{needed_by} needs the transformers package: pip install 'vdm[text]' "
             "(or pip install transformers)."
         ) from None
     return transformers
@@ -89,14 +90,15 @@ def model_class(folder: Path, config: dict) -> tuple[str, str]:
     return kind, name
 
 
-def weight_files(folder: Path) -> list[Path]:
+def weight_files(folder: Path, key: str = KEY) -> list[Path]:
     """The weight files ``from_pretrained`` reads: the safetensors where there are any (a folder
-    may also hold the same weights as ``.bin``), else the ``.bin`` files."""
+    may also hold the same weights as ``.bin``), else the ``.bin`` files; ``key`` is the config
+    key named when there are none."""
     for suffix in WEIGHT_SUFFIXES:
         files = sorted(p for p in folder.iterdir() if p.name.endswith(suffix))
         if files:
             return files
-    raise UserError(f"{KEY}={folder} has a config.json but no weight files (*.safetensors).")
+    raise UserError(f"{key}={folder} has a config.json but no weight files (*.safetensors).")
 
 
 def dtype_argument(transformers, dtype: torch.dtype) -> dict:
