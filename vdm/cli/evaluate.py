@@ -201,7 +201,9 @@ def summary_line(task: str, metrics: dict, counts: dict) -> str:
         real = metrics["clip_score_real"]
         clip = f"CLIP-score {metrics['clip_score']:.2f} (real clips {real:.2f})"
     if task == "generate":
-        parts = [f"FVD {metrics['fvd']:.2f}"] if "fvd" in metrics else []
+        fvd = metrics.get("fvd")
+        parts = [] if "fvd" not in metrics else [f"FVD {fvd:.2f}" if fvd is not None else
+                                                 "FVD not finite (too few clips?)"]  # fmt: skip
         parts += [clip] if clip else []
         return (
             f"{', '.join(parts)} ({counts['num_generated']} generated vs {counts['num_real']} "
