@@ -18,7 +18,7 @@ ALLOWED = {
     "files": {"errors"},
     "data": {"errors", "files"},
     "autoencoders": {"errors", "models", "files"},
-    "text": {"errors", "models", "data"},
+    "text": {"errors", "models", "files", "data"},
     "conf": set(),
     "inference": BASE,
     "evaluation": BASE | {"inference"},

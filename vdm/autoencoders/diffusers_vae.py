@@ -9,7 +9,6 @@ timestep-conditioned decoder (LTX-Video 0.9.1 on) decodes at timestep 0, its pip
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -24,6 +23,7 @@ from vdm.autoencoders.base import (
 )
 from vdm.autoencoders.dtypes import torch_dtype
 from vdm.errors import MissingFileError, UserError
+from vdm.files.verify import files_sha256
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +60,10 @@ def model_folder(path: str | Path) -> tuple[Path, dict]:
 def weights_digest(folder: Path) -> str:
     """SHA-256 over the folder's weight files (names and bytes): the same model wherever it lies
     and whatever dtype it is loaded in."""
-    digest = hashlib.sha256()
     files = sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
     if not files:
         raise UserError(f"{KEY}={folder} has a config.json but no weight files (*.safetensors).")
-    for file in files:
-        digest.update(file.name.encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return files_sha256(files)
 
 
 def factors(vae: torch.nn.Module) -> tuple[int, int]:

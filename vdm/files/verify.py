@@ -45,6 +45,18 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def files_sha256(files: list[Path]) -> str:
+    """One SHA-256 over several files' names and bytes, in the given order, read in 1 MiB blocks
+    (weights may be many GB): a model folder's digest, the same wherever the folder lies."""
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def sidecar_of(path: str | Path) -> Path:
     """``x.ckpt.checksum`` beside the file ``path`` points to (``last.ckpt`` is a link)."""
     real = Path(path).expanduser().resolve()

@@ -5,7 +5,6 @@ and tokenizer in one folder) or as a diffusers pipeline holds it (``text_encoder
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from vdm.errors import MissingFileError, UserError
+from vdm.files.verify import files_sha256
 from vdm.models.text_embedding import TextEmbedding
 
 log = logging.getLogger(__name__)
@@ -108,17 +108,6 @@ def dtype_argument(transformers, dtype: torch.dtype) -> dict:
 
     new = Version(transformers.__version__) >= Version("4.56")
     return {"dtype" if new else "torch_dtype": dtype}
-
-
-def files_sha256(files: list[Path]) -> str:
-    """SHA-256 over the files' names and bytes, read in 1 MiB blocks (weights may be many GB)."""
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 class PretrainedTextEncoder(nn.Module):
