@@ -28,12 +28,12 @@ from vdm.errors import UserError
 from vdm.files.video import slug, to_uint8, write_clips, write_npz
 from vdm.inference.generation import (
     class_labels,
+    clip_prompts,
     sample_long_videos,
     sampler_name,
     side_by_side,
     window_context,
 )
-from vdm.inference.generation import clip_prompts as clip_prompts_for
 from vdm.inference.run import LoadedRun, run_dir_of
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def read_prompts(cfg: DictConfig) -> list[str] | None:
     return prompts
 
 
-def clip_prompts(prompts: list[str] | None, num_samples: int) -> list[str] | None:
+def prompt_blocks(prompts: list[str] | None, num_samples: int) -> list[str] | None:
     """Each prompt ``num_samples`` times, in blocks: the prompt of every clip."""
     return None if prompts is None else [p for p in prompts for _ in range(num_samples)]
 
@@ -145,9 +145,9 @@ def run(cfg: DictConfig) -> Path:
     task = check_task(cfg, loaded)
     sampler = sampler_for(cfg, loaded)
     given_prompts = read_prompts(cfg)
-    prompts = clip_prompts(given_prompts, cfg.num_samples)
+    prompts = prompt_blocks(given_prompts, cfg.num_samples)
     total = len(prompts) if prompts else cfg.num_samples
-    clip_prompts_for(model, prompts, total)  # a prompt for a model without text: one line, now
+    clip_prompts(model, prompts, total)  # a prompt for a model without text: one line, now
     labels = class_labels(cfg.labels, total, model.num_classes)
     folder = f"{Path(cfg.ckpt_path).stem}-{sampler_name(sampler, model.diffusion.num_steps)}"
     folder += f"-seed{cfg.seed}" + ("" if task == "generate" else f"-{task}")
