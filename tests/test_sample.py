@@ -227,3 +227,24 @@ def test_prompt_mistakes_are_one_line(text_ckpt, conditional_ckpt, tmp_path):
         sample(text_ckpt, tmp_path, f"prompts={tmp_path}/empty.txt")
     with pytest.raises(ValueError, match="trained without a text encoder"):
         sample(conditional_ckpt, tmp_path, "prompt=a red circle")
+
+
+def test_a_frozen_text_encoder_that_moved_is_found_with_text_encoder_path(
+    conditional_ckpt, tmp_path
+):
+    pytest.importorskip("transformers")
+    import shutil
+
+    from conftest import tiny_text_encoder
+
+    folder = tiny_text_encoder(tmp_path / "t5")
+    ckpt = train_tiny(tmp_path / "run", 0, "text_encoder=t5", f"text_encoder.path={folder}",
+                      "text_encoder.max_length=16")  # fmt: skip
+    moved = shutil.move(folder, tmp_path / "moved")
+    with pytest.raises(FileNotFoundError, match=f"{folder} is not a folder"):
+        sample(ckpt, tmp_path / "lost", "prompt=a red circle", "sampler.steps=2")
+    out = sample(ckpt, tmp_path / "found", "prompt=a red circle", "num_samples=1",
+                 "sampler.steps=2", f"text_encoder_path={moved}")  # fmt: skip
+    assert np.load(out / "samples.npz")["prompts"].tolist() == ["a red circle"]
+    with pytest.raises(ValueError, match="no frozen text encoder from a folder"):
+        sample(conditional_ckpt, tmp_path, f"text_encoder_path={moved}")

@@ -20,7 +20,10 @@ def load_configured_run(cfg: DictConfig, command: str) -> LoadedRun:
             f"ckpt_path is missing: python -m {command} ckpt_path=<run dir>/checkpoints/last.ckpt"
         )
     loaded = load_run(
-        cfg.ckpt_path, resolve_device(cfg.device), cfg.get("autoencoder_path") or None
+        cfg.ckpt_path,
+        resolve_device(cfg.device),
+        cfg.get("autoencoder_path") or None,
+        cfg.get("text_encoder_path") or None,
     )
     if cfg.get("compile"):
         compile_denoiser(loaded.model)

@@ -154,7 +154,10 @@ class LoadedRun:
 
 
 def load_run(
-    ckpt_path: str | Path, device: torch.device | str = "cpu", autoencoder_path: str | None = None
+    ckpt_path: str | Path,
+    device: torch.device | str = "cpu",
+    autoencoder_path: str | None = None,
+    text_encoder_path: str | None = None,
 ) -> LoadedRun:
     """Rebuild the denoiser and the diffusion of a training run and load its weights (the EMA
     weights when the run kept them), with the autoencoder it was trained on (its fingerprint
@@ -163,6 +166,8 @@ def load_run(
     Args:
         autoencoder_path: where that autoencoder lies now, if it moved (a diffusers folder or
             a vdm VAE checkpoint); None = where the run's config says.
+        text_encoder_path: where its frozen text encoder (``text_encoder=t5`` or ``clip``) lies
+            now, if the folder moved; None = where the run's config says.
 
     Raises:
         FileNotFoundError: ``ckpt_path`` does not exist.
@@ -172,6 +177,8 @@ def load_run(
     config = OmegaConf.create(current_targets(checkpoint["hyper_parameters"]))
     if autoencoder_path:
         moved_autoencoder(config, autoencoder_path)
+    if text_encoder_path:
+        moved_text_encoder(config, text_encoder_path)
     autoencoder = build_autoencoder(config)
     check_same_autoencoder(checkpoint.get("autoencoder"), autoencoder, f"ckpt_path={ckpt_path}")
     text_encoder = build_text_encoder(config)
@@ -195,6 +202,18 @@ def load_run(
     model.to(device).eval()
     weights = "EMA" if "current_model_state" in checkpoint else "training"
     return LoadedRun(model, config, weights, int(checkpoint.get("global_step", 0)))
+
+
+def moved_text_encoder(config: DictConfig, path: str) -> None:
+    """Point ``config``'s frozen text encoder at ``path`` (its fingerprint, checked after, must
+    still be the checkpoint's: a moved folder, not another model)."""
+    conf = OmegaConf.select(config, "text_encoder")
+    if conf is None or "path" not in conf:
+        raise UserError(
+            f"text_encoder_path={path}: this run has no frozen text encoder from a folder "
+            "(text_encoder=none or tiny): leave text_encoder_path unset."
+        )
+    conf.path = path
 
 
 def moved_autoencoder(config: DictConfig, path: str) -> None:
