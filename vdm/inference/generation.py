@@ -117,6 +117,8 @@ def sample_videos(
         negative_prompt: what the unconditional half of guidance is given instead of ``""``.
     """
     prompts = clip_prompts(model, prompts, num_samples)
+    # The unconditional half's embedding: one row, encoded once for every batch.
+    null_text = model.encode_text([negative_prompt]) if prompts is not None else None
     if precision not in AUTOCAST_DTYPES:
         raise UserError(f"precision={precision}: use one of {', '.join(AUTOCAST_DTYPES)}.")
     if batch_size < 1 or num_samples < 1:
@@ -147,8 +149,7 @@ def sample_videos(
         generator = torch.Generator(device=device).manual_seed(clip_seed(seed, 1, start, *key))
         text = {}
         if prompts is not None:
-            text["text"] = model.encode_text(prompts[start:stop])
-            text["null_text"] = model.encode_text([negative_prompt])
+            text = {"text": model.encode_text(prompts[start:stop]), "null_text": null_text}
         autocast = torch.autocast(device.type, dtype) if dtype else contextlib.nullcontext()
         with autocast:
             latents = model.generate(

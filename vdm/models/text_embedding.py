@@ -36,24 +36,6 @@ class TextEmbedding:
             tokens, pooled = tokens.to(dtype), pooled.to(dtype)
         return TextEmbedding(tokens, self.mask.to(tokens.device), pooled)
 
-    def where(self, replace: torch.Tensor, other: TextEmbedding) -> TextEmbedding:
-        """Rows of ``other`` where ``replace (B,)`` is True, else this embedding's rows.
-
-        ``other`` may have one row (e.g. the null embedding), broadcast to every replaced row;
-        both must have the same padded length.
-        """
-        if other.tokens.shape[1:] != self.tokens.shape[1:]:
-            raise ValueError(
-                f"cannot mix text embeddings of shapes {tuple(self.tokens.shape)} and "
-                f"{tuple(other.tokens.shape)}: they come from different encoders or lengths"
-            )
-        row = replace.to(self.tokens.device)
-        return TextEmbedding(
-            torch.where(row[:, None, None], other.tokens.to(self.tokens), self.tokens),
-            torch.where(row[:, None], other.mask.to(self.mask.device), self.mask),
-            torch.where(row[:, None], other.pooled.to(self.pooled), self.pooled),
-        )
-
     @staticmethod
     def cat(parts: list[TextEmbedding]) -> TextEmbedding:
         """The rows of ``parts`` one after another (all of one padded length)."""
