@@ -1,0 +1,114 @@
+"""A diffusers pipeline folder as vdm reads it: the transformer's class and config
+(``transformer/config.json``), the SHA-256 of its weights, and the training objective its
+scheduler (``scheduler/scheduler_config.json``) describes. JSON only: no weights are loaded here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vdm.errors import MissingFileError, UserError
+from vdm.files.verify import files_sha256
+
+KEY = "model.path"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+# Sharded weights come with an index naming the shards; it is part of what makes the model.
+INDEX_SUFFIXES = (".safetensors.index.json", ".bin.index.json")
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "UniPCMultistepScheduler",
+                   "FlowMatchHeunDiscreteScheduler", "DPMSolverMultistepScheduler")  # fmt: skip
+
+
+def read_json(file: Path, key: str = KEY) -> dict:
+    try:
+        return json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"{key}: {file} is not readable JSON ({error}).") from None
+
+
+def transformer_folder(path: str | Path) -> tuple[Path, dict]:
+    """``(folder, config)`` of the transformer in ``path``: a pipeline folder's ``transformer/``,
+    or a folder the transformer alone was saved to."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise MissingFileError(
+            f"{KEY}={root} is not a folder: download the diffusers pipeline yourself (e.g. "
+            "huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B-Diffusers --local-dir DIR) and "
+            "give its folder."
+        )
+    for folder in (root / "transformer", root):
+        config_file = folder / "config.json"
+        if config_file.is_file():
+            config = read_json(config_file)
+            if "Transformer" in str(config.get("_class_name", "")):
+                return folder, config
+    raise UserError(
+        f"{KEY}={root} holds no diffusers transformer (no transformer/config.json naming a "
+        "...Transformer3DModel): give a pipeline folder saved by diffusers (save_pretrained)."
+    )
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The transformer's weight files (shards and their index), sorted."""
+    names = WEIGHT_SUFFIXES + INDEX_SUFFIXES
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(names))
+    if not any(p.name.endswith(WEIGHT_SUFFIXES) for p in files):
+        raise UserError(f"{KEY}={folder} has a config.json but no weight files (*.safetensors).")
+    return files
+
+
+def weights_digest(folder: Path) -> str:
+    """SHA-256 over the transformer's weight files: the same base model wherever it lies."""
+    return files_sha256(weight_files(folder))
+
+
+def scheduler_config(path: str | Path) -> dict | None:
+    """The pipeline's ``scheduler/scheduler_config.json``, or None when the folder has none."""
+    root = Path(path).expanduser()
+    for file in (root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json"):
+        if file.is_file():
+            return read_json(file)
+    return None
+
+
+def scheduler_objective(path: str | Path) -> dict | None:
+    """The training objective the folder's scheduler describes, as vdm's config keys:
+
+    - flow matching (``FlowMatchEulerDiscreteScheduler``, or a multistep scheduler with
+      ``use_flow_sigmas`` / ``prediction_type: flow_prediction``): ``{"kind": "flow", "shift"}``
+      (``shift`` or Wan's ``flow_shift``; a dynamically shifted one gives ``shift: None``);
+    - DDPM: ``{"kind": "ddpm", "prediction", "beta_schedule", "beta_start", "beta_end",
+      "num_steps", "zero_terminal_snr", "snr_shift_scale"}``.
+
+    None when the folder has no scheduler config.
+    """
+    config = scheduler_config(path)
+    if config is None:
+        return None
+    name = config.get("_class_name", "")
+    prediction = config.get("prediction_type")
+    flow = (
+        name.startswith("FlowMatch")
+        or prediction == "flow_prediction"
+        or bool(config.get("use_flow_sigmas"))
+    )
+    if flow:
+        shift = config.get("flow_shift", config.get("shift", 1.0))
+        if config.get("use_dynamic_shifting"):
+            shift = None  # depends on the clip's size: the preset sets it
+        return {"kind": "flow", "shift": None if shift is None else float(shift)}
+    predictions = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+    if prediction not in predictions:
+        raise UserError(
+            f"{KEY}={path}: {name}'s prediction_type {prediction!r} is not one vdm trains "
+            "(epsilon, v_prediction, sample, flow_prediction)."
+        )
+    return {
+        "kind": "ddpm",
+        "prediction": predictions[prediction],
+        "beta_schedule": config.get("beta_schedule", "linear"),
+        "beta_start": float(config.get("beta_start", 1e-4)),
+        "beta_end": float(config.get("beta_end", 0.02)),
+        "num_steps": int(config.get("num_train_timesteps", 1000)),
+        "zero_terminal_snr": bool(config.get("rescale_betas_zero_snr", False)),
+        "snr_shift_scale": float(config.get("snr_shift_scale", 1.0)),
+    }
