@@ -11,7 +11,7 @@ import pytest
 VDM = Path(__file__).resolve().parents[1] / "vdm"
 
 # What each folder may import from vdm (docs/design.md, "What may import what").
-BASE = {"errors", "diffusion", "models", "files", "data", "autoencoders", "text"}
+BASE = {"errors", "diffusion", "models", "files", "data", "autoencoders", "text", "published"}
 ALLOWED = {
     "diffusion": {"errors"},
     "models": {"errors"},
@@ -19,6 +19,7 @@ ALLOWED = {
     "data": {"errors", "files"},
     "autoencoders": {"errors", "models", "files"},
     "text": {"errors", "models", "files", "data"},
+    "published": {"errors", "models", "files", "autoencoders"},
     "conf": set(),
     "inference": BASE,
     "evaluation": BASE | {"inference"},

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from vdm.autoencoders.base import frame_count_near, latent_frame_count
 from vdm.cli.optimization_checks import check_optimization
 from vdm.errors import UserError
-from vdm.inference.build import is_flow
+from vdm.inference.build import fill_published_objective, is_flow, is_published
 from vdm.training.build import is_autoencoder_task
 
 
@@ -156,8 +156,28 @@ def check_latent_geometry(cfg: DictConfig) -> tuple[int | None, int | None]:
     return latent_size, latent_len
 
 
+def check_published_config(cfg: DictConfig) -> None:
+    """``model=diffusers``: the folder holds a transformer vdm fine-tunes and the run's objective
+    is its scheduler's (filled in where the config leaves it null); ``lora`` needs such a
+    model."""
+    if not is_published(cfg):
+        if cfg.get("lora") is not None:
+            raise ConfigError(
+                "lora=... adapts a published transformer (model=diffusers, e.g. "
+                "experiment=finetune_wan): vdm's own denoisers train every weight; drop lora."
+            )
+        return
+    from vdm.published import family_of, transformer_folder
+
+    path = _get(cfg, "model.path")
+    _, config = transformer_folder(path)
+    family_of(config["_class_name"], f"model.path={path}")
+    fill_published_objective(cfg)
+
+
 def check_denoiser_config(cfg: DictConfig) -> None:
     """The denoiser, its process and its sample-video sampler fit each other and the data."""
+    check_published_config(cfg)
     size, clip_len = check_latent_geometry(cfg)
     spatial = _get(cfg, "autoencoder.spatial_factor") or 1
     space, time = model_divisors(cfg.model)

@@ -40,9 +40,49 @@ def is_flow(diffusion: DictConfig) -> bool:
     return str(diffusion.get("_target_", "")).endswith("FlowMatching")
 
 
+def is_published(cfg: DictConfig) -> bool:
+    """Whether the run's denoiser is a published diffusers transformer (``model=diffusers``)."""
+    return str(OmegaConf.select(cfg, "model._target_", default="")).endswith(
+        "load_diffusers_denoiser"
+    )
+
+
+def fill_published_objective(cfg: DictConfig) -> None:
+    """With ``model=diffusers``: check the run's objective is the one the pipeline folder's
+    scheduler describes (flow matching or DDPM) and fill what the config leaves null from it
+    (the flow ``shift``; the DDPM ``prediction``). Idempotent."""
+    if not is_published(cfg):
+        return
+    from vdm.published import scheduler_objective  # reads JSON; diffusers stays unimported
+
+    path = cfg.model.path
+    objective = scheduler_objective(path)
+    if objective is None:
+        return
+    kind = "flow" if is_flow(cfg.diffusion) else "ddpm"
+    if objective["kind"] != kind:
+        raise UserError(
+            f"model.path={path}: its scheduler trains with "
+            f"{'flow matching' if objective['kind'] == 'flow' else 'DDPM'}, this run with "
+            f"diffusion={kind}: use diffusion={objective['kind']} (the finetune presets do)."
+        )
+    with open_dict(cfg.diffusion):
+        if kind == "flow" and cfg.diffusion.get("shift") is None:
+            if objective["shift"] is None:
+                raise UserError(
+                    f"model.path={path}: its scheduler shifts time by the clip's size "
+                    "(use_dynamic_shifting): set diffusion.shift (the finetune presets do)."
+                )
+            cfg.diffusion.shift = objective["shift"]
+        if kind == "ddpm" and cfg.diffusion.get("prediction") is None:
+            cfg.diffusion.prediction = objective["prediction"]
+
+
 def build_diffusion(cfg: DictConfig) -> Process:
     """The process of ``cfg.diffusion``: DDPM over the noise schedule of ``cfg.schedule``, or
-    rectified flow (which has no schedule)."""
+    rectified flow (which has no schedule); a published model's from its folder's scheduler
+    where the config leaves it open (:func:`fill_published_objective`)."""
+    fill_published_objective(cfg)
     log.info("Instantiating diffusion <%s>", cfg.diffusion._target_)
     if is_flow(cfg.diffusion):
         return instantiate_config(cfg.diffusion, "diffusion")
@@ -64,8 +104,10 @@ def fill_text_width(cfg: DictConfig) -> None:
 
 
 def build_model(cfg: DictConfig) -> nn.Module:
-    """The denoiser of ``cfg.model`` (``UNet3D`` or ``SpaceTimeTransformer``)."""
+    """The denoiser of ``cfg.model`` (``UNet3D``, ``SpaceTimeTransformer``, or a published
+    diffusers transformer)."""
     fill_text_width(cfg)
+    fill_autoencoder_geometry(cfg)  # a published model checks its channels against the VAE's
     log.info("Instantiating model <%s>", cfg.model._target_)
     model = instantiate_config(cfg.model, "model", _convert_="all")
     log.info("Model has %.2f M parameters", sum(p.numel() for p in model.parameters()) / 1e6)

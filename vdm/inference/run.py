@@ -30,6 +30,7 @@ from vdm.inference.build import (
 )
 from vdm.inference.generation import sample_videos, sampler_name
 from vdm.inference.model import DiffusionModel
+from vdm.published import check_same_base
 from vdm.text import check_same_text_encoder
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ def load_run(
     device: torch.device | str = "cpu",
     autoencoder_path: str | None = None,
     text_encoder_path: str | None = None,
+    model_path: str | None = None,
 ) -> LoadedRun:
     """Rebuild the denoiser and the diffusion of a training run and load its weights (the EMA
     weights when the run kept them), with the autoencoder it was trained on (its fingerprint
@@ -168,6 +170,9 @@ def load_run(
             a vdm VAE checkpoint); None = where the run's config says.
         text_encoder_path: where its frozen text encoder (``text_encoder=t5`` or ``clip``) lies
             now, if the folder moved; None = where the run's config says.
+        model_path: where the base pipeline folder of a fine-tuned published model
+            (``model=diffusers``) lies now; its autoencoder and text encoder move with it where
+            they were read from the same folder. None = where the run's config says.
 
     Raises:
         FileNotFoundError: ``ckpt_path`` does not exist.
@@ -175,6 +180,8 @@ def load_run(
     """
     checkpoint = load_checkpoint(ckpt_path)
     config = OmegaConf.create(current_targets(checkpoint["hyper_parameters"]))
+    if model_path:
+        moved_base_model(config, model_path)
     if autoencoder_path:
         moved_autoencoder(config, autoencoder_path)
     if text_encoder_path:
@@ -184,7 +191,9 @@ def load_run(
     text_encoder = build_text_encoder(config)
     where = f"ckpt_path={ckpt_path}"
     check_same_text_encoder(checkpoint.get("text_encoder"), text_encoder, where)
-    model = DiffusionModel(build_model(config), build_diffusion(config), autoencoder, text_encoder)
+    denoiser = build_model(config)
+    check_same_base(checkpoint.get("denoiser"), denoiser, where)
+    model = DiffusionModel(denoiser, build_diffusion(config), autoencoder, text_encoder)
     # The trained weights: the denoiser's, and a text encoder's trained with it.
     state = {
         k: v
@@ -202,6 +211,22 @@ def load_run(
     model.to(device).eval()
     weights = "EMA" if "current_model_state" in checkpoint else "training"
     return LoadedRun(model, config, weights, int(checkpoint.get("global_step", 0)))
+
+
+def moved_base_model(config: DictConfig, path: str) -> None:
+    """Point a fine-tuned published model's config at its base folder's new place ``path``,
+    with the autoencoder and text encoder read from the same folder (its fingerprint, checked
+    after, must still be the checkpoint's)."""
+    if OmegaConf.select(config, "model.path") is None:
+        raise UserError(
+            f"model_path={path}: this run did not fine-tune a published model (model=diffusers): "
+            "leave model_path unset."
+        )
+    old = config.model.path
+    for key in ("model", "autoencoder", "text_encoder"):
+        conf = OmegaConf.select(config, key)
+        if conf is not None and conf.get("path") == old:
+            conf.path = str(path)
 
 
 def moved_text_encoder(config: DictConfig, path: str) -> None:

@@ -24,6 +24,7 @@ from vdm.inference.model import (
     takes_text,
     text_encoder_of,
 )
+from vdm.published import check_same_base
 from vdm.text import check_same_text_encoder
 from vdm.training.lightning_internals import attached_trainer
 from vdm.training.optim import optimizers_for
@@ -233,10 +234,14 @@ class VideoDiffusionModule(DenoiserHolder, LightningModule):
         encoder = text_encoder_of(self)
         if encoder is not None and encoder.fingerprint is not None:
             checkpoint["text_encoder"] = encoder.fingerprint
+        base = getattr(self.denoiser, "fingerprint", None)
+        if base is not None:  # a published base model: the checkpoint holds what differs from it
+            checkpoint["denoiser"] = base
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_same_autoencoder(checkpoint.get("autoencoder"), self.autoencoder, "ckpt_path")
         check_same_text_encoder(checkpoint.get("text_encoder"), text_encoder_of(self), "ckpt_path")
+        check_same_base(checkpoint.get("denoiser"), self.denoiser, "ckpt_path")
 
     def configure_optimizers(self) -> dict:
         model = self.trainer.model if attached_trainer(self) is not None else self
