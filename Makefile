@@ -41,10 +41,10 @@ else
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(TORCH_FROM_INDEX)
 endif
-	$(BIN)/python -m pip install --quiet -e ".[dev,hpo,latent,text]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,hpo,latent,text,finetune]"
 	touch $@
 
-install: $(INSTALLED) ## Create .venv, install torch==$(TORCH_VERSION) (TORCH_INDEX_URL, keep), then vdm[dev,hpo,latent,text]
+install: $(INSTALLED) ## Create .venv, install torch==$(TORCH_VERSION) (TORCH_INDEX_URL, keep), then vdm[dev,hpo,latent,text,finetune]
 
 # The default run is latent diffusion on the 64² shapes, in two runs: vdm's VAE (run folder
 # shapes_vae: a later `make train` resumes it if it was stopped, and skips it once finished), then

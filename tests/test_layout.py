@@ -26,8 +26,9 @@ ALLOWED = {
     "training": BASE | {"inference"},
     "cli": BASE | {"inference", "evaluation", "training", "cli"},
 }
-COMMANDS = {"vdm.cli.train", "vdm.cli.sample", "vdm.cli.evaluate", "vdm.cli.cache"}
-SHIMS = {"train.py", "sample.py", "evaluate.py", "cache.py", "__init__.py"}  # vdm/*.py: entry shims
+COMMANDS = {"vdm.cli.train", "vdm.cli.sample", "vdm.cli.evaluate", "vdm.cli.cache",
+            "vdm.cli.export_lora"}  # fmt: skip
+SHIMS = {"train.py", "sample.py", "evaluate.py", "cache.py", "export_lora.py", "__init__.py"}  # vdm/*.py: entry shims
 TOP = SHIMS | {"errors.py"}  # and the user-error types every folder may raise
 
 

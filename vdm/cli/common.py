@@ -24,6 +24,7 @@ def load_configured_run(cfg: DictConfig, command: str) -> LoadedRun:
         resolve_device(cfg.device),
         cfg.get("autoencoder_path") or None,
         cfg.get("text_encoder_path") or None,
+        cfg.get("model_path") or None,
     )
     if cfg.get("compile"):
         compile_denoiser(loaded.model)

@@ -25,7 +25,7 @@ from vdm.cli.overrides import check_overrides
 from vdm.errors import UserError
 from vdm.files.checkpoint import load_checkpoint, model_config_mismatch
 from vdm.files.run_lock import hold_run_folder
-from vdm.inference.build import fill_autoencoder_geometry
+from vdm.inference.build import fill_autoencoder_geometry, fill_text_width
 from vdm.training.guards import NonFiniteTrainingError
 from vdm.training.task import RunStopped, fit
 
@@ -132,6 +132,7 @@ def run(cfg: DictConfig) -> Trainer | None:
     already reached ``trainer.max_steps`` trains nothing and returns None."""
     resume_own_checkpoint(cfg)
     fill_autoencoder_geometry(cfg)  # the checks work in latent units
+    fill_text_width(cfg)  # a frozen text encoder's width, as the checkpoint's config records it
     check_train_config(cfg)
     step = check_resume(cfg)
     if step is not None and 0 < cfg.trainer.max_steps <= step:

@@ -31,6 +31,7 @@ class Family:
         name: the family's short name (``wan``), as the presets ``finetune_<name>`` use it.
         classes: the diffusers class names it covers.
         call: runs the transformer on vdm's layout (see :data:`Call`).
+        pipeline: the diffusers pipeline class that samples it (and reads its LoRA files).
         lora_targets: the module names LoRA adapts by default.
 
     The time is passed as vdm's processes give it, which is what these transformers take: a
@@ -40,6 +41,7 @@ class Family:
     name: str
     classes: tuple[str, ...]
     call: Call
+    pipeline: str
     lora_targets: tuple[str, ...] = ATTENTION_PROJECTIONS
 
 
@@ -53,7 +55,7 @@ def call_wan(transformer, x, timestep, tokens, mask):
     )[0]
 
 
-FAMILIES = (Family("wan", ("WanTransformer3DModel",), call_wan),)
+FAMILIES = (Family("wan", ("WanTransformer3DModel",), call_wan, "WanPipeline"),)
 
 
 def family_of(class_name: str, where: str) -> Family:

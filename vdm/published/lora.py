@@ -62,29 +62,33 @@ def add_lora(transformer: nn.Module, config) -> None:
             parameter.requires_grad_(True)
 
 
-def adapter_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapters' weights under diffusers' LoRA names (``blocks.0.attn1.to_q.lora_A.weight``)."""
-    peft = import_peft()
-    return peft.get_peft_model_state_dict(transformer, adapter_name=ADAPTER)
+def diffusers_lora_names(state_dict: dict[str, torch.Tensor], prefix: str) -> dict:
+    """The adapters of a vdm state dict (``<prefix>blocks.0.attn1.to_q.lora_A.default.weight``)
+    under diffusers' LoRA names (``blocks.0.attn1.to_q.lora_A.weight``), as float32 on the CPU."""
+    marker = f".{ADAPTER}."
+    return {
+        key[len(prefix) :].replace(marker, "."): value.detach().float().cpu().contiguous()
+        for key, value in state_dict.items()
+        if key.startswith(prefix) and ".lora_" in key
+    }
 
 
-def adapter_metadata(transformer: nn.Module) -> dict:
-    """The adapter's peft config as diffusers stores it beside the weights (rank, alpha,
-    targets), so a pipeline loading the file scales the adapters as vdm trained them."""
-    config = transformer.peft_config[ADAPTER].to_dict()
-    return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
-
-
-def save_lora(transformer: nn.Module, pipeline_class, out: str | Path) -> Path:
-    """Write ``transformer``'s adapters to ``out/pytorch_lora_weights.safetensors`` with the
-    pipeline class's own ``save_lora_weights`` (so ``pipe.load_lora_weights(out)`` reads them)."""
+def save_lora(
+    adapters: dict[str, torch.Tensor], settings: dict, pipeline_class, out: str | Path
+) -> Path:
+    """Write ``adapters`` (diffusers' names) to ``out/pytorch_lora_weights.safetensors`` with the
+    pipeline class's own ``save_lora_weights``, their rank, alpha and targets as its metadata
+    (so ``pipe.load_lora_weights(out)`` scales them as vdm trained them)."""
+    if not adapters:
+        raise UserError("The checkpoint holds no LoRA adapters (it was trained with lora=null).")
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().float().cpu().contiguous() for k, v in adapter_state_dict(transformer).items()}
+    config = lora_config(**settings).to_dict()
+    metadata = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
     pipeline_class.save_lora_weights(
         out,
-        transformer_lora_layers=weights,
-        transformer_lora_adapter_metadata=adapter_metadata(transformer),
+        transformer_lora_layers=adapters,
+        transformer_lora_adapter_metadata=metadata,
         safe_serialization=True,
     )
     return out / LORA_FILE

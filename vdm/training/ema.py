@@ -10,6 +10,19 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from vdm.training.lightning_internals import averages_weights, swap_averaged_weights
 
 
+def ema_skipping_shared(decay: float):
+    """Lightning's EMA update, ``decay·ema + (1 − decay)·current``, that leaves alone a weight
+    the averaged copy shares with the model (the frozen base of a LoRA fine-tuning): averaging a
+    weight with itself would round it off its value, step after step."""
+
+    def average(ema: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
+        if ema.data_ptr() == current.data_ptr():
+            return ema
+        return decay * ema + (1 - decay) * current
+
+    return average
+
+
 class EMA(EMAWeightAveraging):
     """``EMAWeightAveraging`` (same arguments) that stays right when a run stops mid-validation.
 
@@ -51,6 +64,7 @@ class EMA(EMAWeightAveraging):
             update_starting_at_step=update_starting_at_step,
             update_starting_at_epoch=update_starting_at_epoch,
         )  # fmt: skip
+        self._kwargs["avg_fn"] = ema_skipping_shared(decay)
         self.swapped = False  # the module holds the EMA weights (during validation)
 
     @property

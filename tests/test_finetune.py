@@ -1,0 +1,313 @@
+"""Fine-tuning a published diffusers video model (vdm/published/): a tiny Wan pipeline saved into
+a temporary folder (nothing downloaded) trained with LoRA through ``experiment=finetune_wan``.
+References are diffusers' own WanPipeline and the transformer's saved weights."""
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("peft")
+pytest.importorskip("transformers")
+
+from diffusers import WanPipeline, WanTransformer3DModel  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from conftest import compose_run  # noqa: E402
+from tiny_pipelines import TEXT_LENGTH, tiny_wan_pipeline  # noqa: E402
+from vdm.cli.export_lora import run as export_run  # noqa: E402
+from vdm.cli.train import run  # noqa: E402
+from vdm.errors import MissingFileError, UserError  # noqa: E402
+from vdm.files.checkpoint import load_checkpoint  # noqa: E402
+from vdm.files.video import write_mp4  # noqa: E402
+from vdm.inference import DiffusionModel, load_run, sample_videos  # noqa: E402
+from vdm.inference.build import (  # noqa: E402
+    build_autoencoder,
+    build_diffusion,
+    build_model,
+    build_sampler,
+    build_text_encoder,
+)
+from vdm.inference.generation import clip_seed  # noqa: E402
+from vdm.published import scheduler_objective  # noqa: E402
+
+PROMPTS = ["a red ball rolls left", "two blue squares"]
+FRAMES, SIZE, STEPS, GUIDANCE = 5, 32, 3, 4.0
+
+
+@pytest.fixture(scope="module")
+def wan(tmp_path_factory) -> Path:
+    return tiny_wan_pipeline(tmp_path_factory.mktemp("models") / "wan")
+
+
+@pytest.fixture(scope="module")
+def other_wan(tmp_path_factory) -> Path:
+    """The same pipeline with another transformer (seed 1): another base model."""
+    return tiny_wan_pipeline(tmp_path_factory.mktemp("models") / "wan_other", seed=1)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    """Six captioned 12-frame clips, four to train on and two to validate."""
+    root = tmp_path_factory.mktemp("clips")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        split = "train" if i < 4 else "val"
+        frames = np.zeros((12, 40, 40, 3), np.uint8)
+        for t in range(12):  # a square moving right over a coloured ground
+            frames[t] = rng.integers(0, 60, 3)
+            frames[t, 10:20, 2 + 2 * t : 12 + 2 * t] = (200, 40 * i, 30)
+        write_mp4(root / split / f"clip_{i}.mp4", frames, fps=8, lossless=True)
+        (root / split / f"clip_{i}.txt").write_text(f"a square moves right, number {i}")
+    return root
+
+
+def finetune_overrides(wan: Path, clips: Path, *extra: str) -> list[str]:
+    """``experiment=finetune_wan`` sized for the tiny pipeline on a CPU."""
+    return [
+        "experiment=finetune_wan", f"model.path={wan}", f"data.root={clips}", "data.captions=null",
+        "trainer=cpu", "model.dtype=float32", "model.gradient_checkpointing=false",
+        "text_encoder.dtype=float32", f"text_encoder.max_length={TEXT_LENGTH}",
+        f"data.size={SIZE}", f"data.clip_len={FRAMES}", "data.frame_stride=1",
+        "data.batch_size=2", "data.num_workers=0", "data.persistent_workers=false",
+        "data.pin_memory=false", "lora.rank=4", "lora.alpha=8", "optimizer.lr=1e-2",
+        "callbacks.sample_videos.num_samples=1", "callbacks.sample_videos.upscale=1",
+        f"sampler.steps={STEPS}", "callbacks.ema.update_starting_at_step=1",
+        "trainer.limit_val_batches=1", "~logger", *extra,
+    ]  # fmt: skip
+
+
+def train(run_dir: Path, wan: Path, clips: Path, *extra: str):
+    return run(compose_run(run_dir, *finetune_overrides(wan, clips, *extra)))
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("VDM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "vdm_cache"))
+
+
+def pipeline_video(pipe, prompt: str, latents: torch.Tensor) -> np.ndarray:
+    """The pipeline's clip ``(T, H, W, 3)`` in [0, 1] from the initial noise ``latents``."""
+    out = pipe(
+        prompt, negative_prompt="", height=SIZE, width=SIZE, num_frames=FRAMES,
+        num_inference_steps=STEPS, guidance_scale=GUIDANCE, latents=latents.clone(),
+        output_type="np", max_sequence_length=TEXT_LENGTH,
+    )  # fmt: skip
+    return out.frames[0]
+
+
+def as_pipeline_frames(video: torch.Tensor) -> np.ndarray:
+    """vdm's clip ``(C, T, H, W)`` in [-1, 1] as the pipeline returns it."""
+    return ((video.permute(1, 2, 3, 0).numpy() + 1) / 2).clip(0, 1)
+
+
+def initial_noise(autoencoder, index: int, seed: int = 0) -> torch.Tensor:
+    """The noise vdm starts clip ``index`` from (seeded by ``(seed, index)``)."""
+    shape = (1, *autoencoder.latent_shape((3, FRAMES, SIZE, SIZE)))
+    return torch.randn(shape, generator=torch.Generator().manual_seed(clip_seed(seed, 0, index)))
+
+
+def test_zero_adapters_sample_what_wan_pipeline_draws(wan, clips, tmp_path):
+    """Fresh LoRA adapters are zero: vdm's samples are WanPipeline's for the same prompt,
+    noise, steps and guidance (both guided against the null prompt "")."""
+    cfg = compose_run(tmp_path, *finetune_overrides(wan, clips, f"sampler.steps={STEPS}"))
+    model = DiffusionModel(
+        build_model(cfg), build_diffusion(cfg), build_autoencoder(cfg), build_text_encoder(cfg)
+    ).eval()
+    assert model.diffusion.shift == 3.0  # from the folder's scheduler_config.json
+    sampler = build_sampler(cfg.sampler)
+    videos = sample_videos(model, sampler, (3, FRAMES, SIZE, SIZE), None, 2, 2,
+                           guidance_scale=GUIDANCE, prompts=PROMPTS)  # fmt: skip
+    pipe = WanPipeline.from_pretrained(wan)
+    for i, prompt in enumerate(PROMPTS):
+        expected = pipeline_video(pipe, prompt, initial_noise(model.autoencoder, i))
+        np.testing.assert_allclose(as_pipeline_frames(videos[i]), expected, atol=1e-4)
+    # The prompt and the guidance matter: the comparison above could not pass by accident.
+    unguided = sample_videos(model, sampler, (3, FRAMES, SIZE, SIZE), None, 1, 1,
+                             guidance_scale=1.0, prompts=PROMPTS[:1])  # fmt: skip
+    assert (unguided[0] - videos[0]).abs().max() > 1e-2
+    assert (videos[0] - videos[1]).abs().max() > 1e-2
+
+
+@pytest.fixture(scope="module")
+def finetuned(wan, clips, tmp_path_factory):
+    """Two LoRA runs of 4 steps: straight through, and stopped at 2 then resumed."""
+    root = tmp_path_factory.mktemp("finetune")
+    common = ("trainer.val_check_interval=2", "lr_scheduler.total_steps=4")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VDM_CACHE_DIR", str(root / "cache"))
+        full = train(root / "full", wan, clips, *common, "trainer.max_steps=4")
+        train(root / "first", wan, clips, *common, "trainer.max_steps=2")
+        first = root / "first" / "checkpoints" / "last.ckpt"
+        train(root / "resumed", wan, clips, *common, "trainer.max_steps=4", f"ckpt_path={first}")
+    return root, full.lightning_module
+
+
+def test_lora_trains_the_adapters_alone_and_leaves_the_base_bit_identical(wan, finetuned):
+    root, module = finetuned
+    base = WanTransformer3DModel.from_pretrained(wan / "transformer").state_dict()
+    trained = module.denoiser.transformer
+    adapters = {n: p for n, p in trained.named_parameters() if "lora_" in n}
+    assert adapters and all(p.requires_grad for p in adapters.values())
+    assert any(n.endswith("lora_B.default.weight") and p.abs().max() > 0 for n, p in adapters.items())
+    frozen = {n.replace("base_layer.", ""): p for n, p in trained.named_parameters() if "lora_" not in n}
+    assert frozen.keys() == base.keys()
+    for name, value in frozen.items():
+        assert not value.requires_grad and torch.equal(value, base[name]), name
+    ckpt = load_checkpoint(root / "full" / "checkpoints" / "last.ckpt")
+    for key in ("state_dict", "current_model_state"):  # EMA and training weights: adapters only
+        assert ckpt[key] and all(".lora_" in k for k in ckpt[key]), key
+    optimized = sum(len(g["params"]) for g in ckpt["optimizer_states"][0]["param_groups"])
+    assert optimized == len(adapters)
+    assert ckpt["denoiser"]["class"] == "WanTransformer3DModel"
+    assert ckpt["denoiser"]["lora"]["rank"] == 4
+    assert len(ckpt["denoiser"]["sha256"]) == 64
+
+
+def test_a_resumed_lora_run_ends_exactly_where_the_uninterrupted_one_does(finetuned):
+    root, _ = finetuned
+    full = load_checkpoint(root / "full" / "checkpoints" / "last.ckpt")
+    resumed = load_checkpoint(root / "resumed" / "checkpoints" / "last.ckpt")
+    assert full["global_step"] == resumed["global_step"] == 4
+    for key in ("state_dict", "current_model_state"):
+        assert full[key].keys() == resumed[key].keys()
+        for name, value in full[key].items():
+            assert torch.equal(value, resumed[key][name]), (key, name)
+    for a, b in zip(full["optimizer_states"][0]["state"].values(),
+                    resumed["optimizer_states"][0]["state"].values(), strict=True):  # fmt: skip
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+
+
+def test_the_exported_lora_in_wan_pipeline_reproduces_vdm_samples(wan, finetuned, tmp_path):
+    root, _ = finetuned
+    ckpt = root / "full" / "checkpoints" / "last.ckpt"
+    file = export_run(_cfg(ckpt_path=str(ckpt), out=str(tmp_path / "lora"), weights="ema"))
+    assert file == tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+    exported = load_file(file)
+    assert exported and all(k.startswith("transformer.") and ".default." not in k for k in exported)
+
+    loaded = load_run(ckpt)
+    assert loaded.weights == "EMA"
+    videos = loaded.sample(num_samples=2, batch_size=2, guidance_scale=GUIDANCE, prompts=PROMPTS,
+                           progress=False)  # fmt: skip
+    pipe = WanPipeline.from_pretrained(wan)
+    plain = pipeline_video(pipe, PROMPTS[0], initial_noise(loaded.model.autoencoder, 0))
+    pipe.load_lora_weights(tmp_path / "lora")
+    for i, prompt in enumerate(PROMPTS):
+        expected = pipeline_video(pipe, prompt, initial_noise(loaded.model.autoencoder, i))
+        np.testing.assert_allclose(as_pipeline_frames(videos[i]), expected, atol=1e-4)
+    assert np.abs(plain - as_pipeline_frames(videos[0])).max() > 1e-3  # the adapters matter
+
+
+def _cfg(**values):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create(values)
+
+
+def one_line(error) -> str:
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_checkpoint_refuses_another_base_model(finetuned, other_wan, wan, clips, tmp_path):
+    root, _ = finetuned
+    ckpt = root / "full" / "checkpoints" / "last.ckpt"
+    with pytest.raises(UserError) as error:
+        load_run(ckpt, model_path=str(other_wan))
+    assert "another base model" in one_line(error) and str(other_wan) in one_line(error)
+    with pytest.raises(UserError) as error:  # resuming on it
+        train(tmp_path / "run", other_wan, clips, "trainer.max_steps=6", f"ckpt_path={ckpt}")
+    assert "another base model" in one_line(error)
+    # The same weights in another folder are the same base model.
+    moved = load_run(ckpt, model_path=str(wan))
+    assert moved.config.autoencoder.path == str(wan)
+
+
+def test_folders_without_a_supported_transformer_are_refused_in_one_line(wan, clips, tmp_path):
+    with pytest.raises(MissingFileError) as error:
+        compose_and_check(tmp_path / "missing", clips)
+    assert "is not a folder" in one_line(error)
+    (tmp_path / "vae_only" / "vae").mkdir(parents=True)
+    (tmp_path / "vae_only" / "vae" / "config.json").write_text('{"_class_name": "AutoencoderKLWan"}')
+    with pytest.raises(UserError) as error:
+        compose_and_check(tmp_path / "vae_only", clips)
+    assert "holds no diffusers transformer" in one_line(error)
+    (tmp_path / "other" / "transformer").mkdir(parents=True)
+    (tmp_path / "other" / "transformer" / "config.json").write_text(
+        json.dumps({"_class_name": "HunyuanVideoTransformer3DModel"})
+    )
+    with pytest.raises(UserError) as error:
+        compose_and_check(tmp_path / "other", clips)
+    assert "HunyuanVideoTransformer3DModel" in one_line(error)
+    assert "WanTransformer3DModel" in one_line(error)  # the supported ones are named
+
+
+def compose_and_check(path: Path, clips: Path, *extra: str):
+    from vdm.cli.checks import check_train_config
+    from vdm.inference.build import fill_autoencoder_geometry
+
+    cfg = compose_run(path.parent / "run", *finetune_overrides(path, clips, *extra))
+    fill_autoencoder_geometry(cfg)
+    check_train_config(cfg)
+    return cfg
+
+
+def test_the_run_objective_must_be_the_scheduler_s(wan, clips, tmp_path):
+    cfg = compose_and_check(wan, clips)
+    assert cfg.diffusion.shift == 3.0  # filled from scheduler/scheduler_config.json
+    with pytest.raises(UserError) as error:
+        compose_and_check(wan, clips, "diffusion=ddpm", "sampler=ddim")
+    assert "diffusion=flow" in one_line(error)
+    with pytest.raises(UserError) as error:
+        run(compose_run(tmp_path / "vdm", "lora.rank=4", "+lora.alpha=4"))
+    assert "model=diffusers" in one_line(error)
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0},
+         {"kind": "flow", "shift": 3.0}),
+        # Wan's published folders: UniPC on flow sigmas, shifted by flow_shift
+        ({"_class_name": "UniPCMultistepScheduler", "prediction_type": "flow_prediction",
+          "use_flow_sigmas": True, "flow_shift": 5.0}, {"kind": "flow", "shift": 5.0}),
+        # LTX-Video: the shift depends on the clip's size
+        ({"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True},
+         {"kind": "flow", "shift": None}),
+        # CogVideoX: v-prediction DDPM, zero terminal SNR
+        ({"_class_name": "CogVideoXDDIMScheduler", "prediction_type": "v_prediction",
+          "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+          "rescale_betas_zero_snr": True, "snr_shift_scale": 3.0},
+         {"kind": "ddpm", "prediction": "v", "beta_schedule": "scaled_linear",
+          "beta_start": 0.00085, "beta_end": 0.012, "num_steps": 1000,
+          "zero_terminal_snr": True, "snr_shift_scale": 3.0}),
+    ],
+)  # fmt: skip
+def test_scheduler_objective(tmp_path, config, expected):
+    (tmp_path / "scheduler").mkdir()
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    assert scheduler_objective(tmp_path) == expected
+
+
+def test_an_unknown_prediction_type_is_refused(tmp_path):
+    (tmp_path / "scheduler_config.json").write_text('{"_class_name": "DDIMScheduler", "prediction_type": "x"}')
+    with pytest.raises(UserError, match="prediction_type"):
+        scheduler_objective(tmp_path)
+    assert scheduler_objective(tmp_path / "none") is None
+
+
+def test_lora_without_peft_says_how_to_install(monkeypatch, caplog):
+    import sys
+
+    from vdm.published.lora import lora_config
+
+    monkeypatch.setitem(sys.modules, "peft", None)
+    with pytest.raises(UserError, match=r"pip install 'vdm\[finetune\]'"):
+        lora_config(4, 4, 0.0, ["to_q"])
+    caplog.set_level(logging.INFO)
