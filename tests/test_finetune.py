@@ -3,7 +3,6 @@ a temporary folder (nothing downloaded) trained with LoRA through ``experiment=f
 References are diffusers' own WanPipeline and the transformer's saved weights."""
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,26 +13,26 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
-from diffusers import WanPipeline, WanTransformer3DModel  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+from conftest import compose_run
+from diffusers import WanPipeline, WanTransformer3DModel
+from safetensors.torch import load_file
+from tiny_pipelines import TEXT_LENGTH, tiny_wan_pipeline
 
-from conftest import compose_run  # noqa: E402
-from tiny_pipelines import TEXT_LENGTH, tiny_wan_pipeline  # noqa: E402
-from vdm.cli.export_lora import run as export_run  # noqa: E402
-from vdm.cli.train import run  # noqa: E402
-from vdm.errors import MissingFileError, UserError  # noqa: E402
-from vdm.files.checkpoint import load_checkpoint  # noqa: E402
-from vdm.files.video import write_mp4  # noqa: E402
-from vdm.inference import DiffusionModel, load_run, sample_videos  # noqa: E402
-from vdm.inference.build import (  # noqa: E402
+from vdm.cli.export_lora import run as export_run
+from vdm.cli.train import run
+from vdm.errors import MissingFileError, UserError
+from vdm.files.checkpoint import load_checkpoint
+from vdm.files.video import write_mp4
+from vdm.inference import DiffusionModel, load_run, sample_videos
+from vdm.inference.build import (
     build_autoencoder,
     build_diffusion,
     build_model,
     build_sampler,
     build_text_encoder,
 )
-from vdm.inference.generation import clip_seed  # noqa: E402
-from vdm.published import scheduler_objective  # noqa: E402
+from vdm.inference.generation import clip_seed
+from vdm.published import scheduler_objective
 
 PROMPTS = ["a red ball rolls left", "two blue squares"]
 FRAMES, SIZE, STEPS, GUIDANCE = 5, 32, 3, 4.0
@@ -153,8 +152,10 @@ def test_lora_trains_the_adapters_alone_and_leaves_the_base_bit_identical(wan, f
     trained = module.denoiser.transformer
     adapters = {n: p for n, p in trained.named_parameters() if "lora_" in n}
     assert adapters and all(p.requires_grad for p in adapters.values())
-    assert any(n.endswith("lora_B.default.weight") and p.abs().max() > 0 for n, p in adapters.items())
-    frozen = {n.replace("base_layer.", ""): p for n, p in trained.named_parameters() if "lora_" not in n}
+    assert any(n.endswith("lora_B.default.weight") and p.abs().max() > 0
+               for n, p in adapters.items())  # fmt: skip
+    frozen = {n.replace("base_layer.", ""): p
+              for n, p in trained.named_parameters() if "lora_" not in n}  # fmt: skip
     assert frozen.keys() == base.keys()
     for name, value in frozen.items():
         assert not value.requires_grad and torch.equal(value, base[name]), name
@@ -179,7 +180,8 @@ def test_a_resumed_lora_run_ends_exactly_where_the_uninterrupted_one_does(finetu
             assert torch.equal(value, resumed[key][name]), (key, name)
     for a, b in zip(full["optimizer_states"][0]["state"].values(),
                     resumed["optimizer_states"][0]["state"].values(), strict=True):  # fmt: skip
-        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+        for moment in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(a[moment], b[moment])
 
 
 def test_the_exported_lora_in_wan_pipeline_reproduces_vdm_samples(wan, finetuned, tmp_path):
@@ -234,7 +236,8 @@ def test_folders_without_a_supported_transformer_are_refused_in_one_line(wan, cl
         compose_and_check(tmp_path / "missing", clips)
     assert "is not a folder" in one_line(error)
     (tmp_path / "vae_only" / "vae").mkdir(parents=True)
-    (tmp_path / "vae_only" / "vae" / "config.json").write_text('{"_class_name": "AutoencoderKLWan"}')
+    vae_config = tmp_path / "vae_only" / "vae" / "config.json"
+    vae_config.write_text('{"_class_name": "AutoencoderKLWan"}')
     with pytest.raises(UserError) as error:
         compose_and_check(tmp_path / "vae_only", clips)
     assert "holds no diffusers transformer" in one_line(error)
@@ -296,13 +299,14 @@ def test_scheduler_objective(tmp_path, config, expected):
 
 
 def test_an_unknown_prediction_type_is_refused(tmp_path):
-    (tmp_path / "scheduler_config.json").write_text('{"_class_name": "DDIMScheduler", "prediction_type": "x"}')
+    config = {"_class_name": "DDIMScheduler", "prediction_type": "x"}
+    (tmp_path / "scheduler_config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="prediction_type"):
         scheduler_objective(tmp_path)
     assert scheduler_objective(tmp_path / "none") is None
 
 
-def test_lora_without_peft_says_how_to_install(monkeypatch, caplog):
+def test_lora_without_peft_says_how_to_install(monkeypatch):
     import sys
 
     from vdm.published.lora import lora_config
@@ -310,4 +314,3 @@ def test_lora_without_peft_says_how_to_install(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "peft", None)
     with pytest.raises(UserError, match=r"pip install 'vdm\[finetune\]'"):
         lora_config(4, 4, 0.0, ["to_q"])
-    caplog.set_level(logging.INFO)

@@ -28,7 +28,8 @@ ALLOWED = {
 }
 COMMANDS = {"vdm.cli.train", "vdm.cli.sample", "vdm.cli.evaluate", "vdm.cli.cache",
             "vdm.cli.export_lora"}  # fmt: skip
-SHIMS = {"train.py", "sample.py", "evaluate.py", "cache.py", "export_lora.py", "__init__.py"}  # vdm/*.py: entry shims
+# vdm/*.py: entry shims
+SHIMS = {"train.py", "sample.py", "evaluate.py", "cache.py", "export_lora.py", "__init__.py"}
 TOP = SHIMS | {"errors.py"}  # and the user-error types every folder may raise
 
 

@@ -55,3 +55,45 @@ def tiny_wan_pipeline(folder: Path, seed: int = 0, shift: float = 3.0) -> Path:
     )  # fmt: skip
     pipe.save_pretrained(folder)
     return folder
+
+
+def tiny_cogvideox_transformer(seed: int = 0, rotary: bool = False, **config):
+    """A 2-layer ``CogVideoXTransformer3DModel``: 4 latent channels, 2×2 patches, text width 32,
+    16-token captions (``max_text_seq_length``: its sinusoidal positions cover them); ``rotary``
+    as CogVideoX-5b (heads of width 16: the 3D rotary table splits a head 1/4 : 3/8 : 3/8 into
+    even parts). ``config``: more constructor arguments (``patch_size_t``, ``ofs_embed_dim``)."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    torch.manual_seed(seed)
+    return CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16 if rotary else 8, in_channels=4,
+        out_channels=4, time_embed_dim=16, text_embed_dim=32, num_layers=2, sample_width=8,
+        sample_height=8, sample_frames=5, patch_size=2, max_text_seq_length=TEXT_LENGTH,
+        use_rotary_positional_embeddings=rotary, **config,
+    )  # fmt: skip
+
+
+def tiny_ltx_transformer(seed: int = 0):
+    """A 2-layer ``LTXVideoTransformer3DModel``: 4 latent channels, 1×1×1 patches (as
+    LTX-Video), text width 32."""
+    from diffusers import LTXVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    return LTXVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8,
+        cross_attention_dim=16, num_layers=2, caption_channels=32,
+    )  # fmt: skip
+
+
+def tiny_latte_transformer(seed: int = 0, video_length: int = 2):
+    """A 2-layer ``LatteTransformer3DModel`` learning its variance (8 output channels for 4 latent
+    ones, as Latte-1), 2×2 patches, text width 32, ``video_length`` latent frames."""
+    from diffusers import LatteTransformer3DModel
+
+    torch.manual_seed(seed)
+    return LatteTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+        num_layers=2, cross_attention_dim=16, attention_bias=True, sample_size=8, patch_size=2,
+        norm_type="ada_norm_single", num_embeds_ada_norm=1000, caption_channels=32,
+        video_length=video_length,
+    )  # fmt: skip

@@ -43,6 +43,11 @@ def export_lora(ckpt_path: str | Path, out: str | Path, weights: str = "ema") ->
     state = checkpoint.get(WEIGHTS[weights]) or checkpoint["state_dict"]
     family = family_of(base["class"], f"ckpt_path={ckpt_path}")
     pipeline = getattr(import_diffusers(), family.pipeline)
+    if not hasattr(pipeline, "save_lora_weights"):
+        raise UserError(
+            f"ckpt_path={ckpt_path}: diffusers' {family.pipeline} reads no LoRA files, so its "
+            "adapters cannot be exported for it; sample the checkpoint with vdm.sample."
+        )
     adapters = diffusers_lora_names(state, PREFIX)
     file = save_lora(adapters, base["lora"], pipeline, out)
     log.info(

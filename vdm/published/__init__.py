@@ -6,7 +6,6 @@ from vdm.published.denoiser import (
     DiffusersDenoiser,
     check_same_base,
     load_diffusers_denoiser,
-    pipeline_class,
 )
 from vdm.published.families import FAMILIES, Family, family_of
 from vdm.published.folder import scheduler_objective, transformer_folder
@@ -18,7 +17,6 @@ __all__ = [
     "check_same_base",
     "family_of",
     "load_diffusers_denoiser",
-    "pipeline_class",
     "scheduler_objective",
     "transformer_folder",
 ]

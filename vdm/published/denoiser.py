@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -178,8 +177,12 @@ def load_diffusers_denoiser(
         transformer.enable_gradient_checkpointing()
     if lora is not None:
         targets = lora.get("target_modules") or family.lora_targets
-        settings = {"rank": lora.get("rank", 16), "alpha": lora.get("alpha"),
-                    "dropout": lora.get("dropout", 0.0), "target_modules": list(targets)}  # fmt: skip
+        settings = {
+            "rank": lora.get("rank", 16),
+            "alpha": lora.get("alpha"),
+            "dropout": lora.get("dropout", 0.0),
+            "target_modules": list(targets),
+        }
         add_lora(transformer, lora_config(**settings))
         fingerprint["lora"] = settings
     trainable = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
@@ -205,7 +208,7 @@ def check_same_base(recorded: dict | None, denoiser: nn.Module, where: str) -> N
         return
     if recorded is None or current is None:
         raise UserError(f"{where} was trained with another denoiser than {KEY}'s model.")
-    for key, label in (("class", "class"), ("sha256", "weights")):
+    for key in ("class", "sha256"):
         if recorded.get(key) != current.get(key):
             raise UserError(
                 f"{where} was fine-tuned from another base model ({recorded.get('class')} at "
@@ -219,20 +222,3 @@ def check_same_base(recorded: dict | None, denoiser: nn.Module, where: str) -> N
             f"{where} has LoRA {recorded.get('lora')}, the config {current.get('lora')}: "
             "resume with the run's own lora settings."
         )
-
-
-def pipeline_class(path: str | Path):
-    """The diffusers pipeline class a folder's ``model_index.json`` names (for its LoRA
-    format), or the family's default pipeline."""
-    from vdm.published.folder import read_json
-
-    diffusers = import_diffusers()
-    index = Path(path).expanduser() / "model_index.json"
-    name = read_json(index).get("_class_name") if index.is_file() else None
-    cls = getattr(diffusers, name, None) if name else None
-    if cls is None or not hasattr(cls, "save_lora_weights"):
-        raise UserError(
-            f"{KEY}={path}: no model_index.json naming a diffusers pipeline with LoRA support: "
-            "give the pipeline folder (not the transformer's)."
-        )
-    return cls

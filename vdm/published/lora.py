@@ -48,7 +48,13 @@ def add_lora(transformer: nn.Module, config) -> None:
     """Freeze ``transformer`` and add trainable float32 LoRA adapters to its target modules."""
     transformer.requires_grad_(False)
     try:
-        transformer.add_adapter(config)
+        if hasattr(transformer, "add_adapter"):
+            transformer.add_adapter(config)
+        else:
+            # Latte's transformer lacks diffusers' PeftAdapterMixin: what its add_adapter does
+            # (the adapter named ADAPTER is the active one).
+            config.base_model_name_or_path = None
+            import_peft().inject_adapter_in_model(config, transformer, ADAPTER)
     except ValueError as error:  # peft: no module matched the targets
         reason = str(error).splitlines()[0]
         raise UserError(
