@@ -252,10 +252,11 @@ def test_folders_without_a_supported_transformer_are_refused_in_one_line(wan, cl
 
 
 def compose_and_check(path: Path, clips: Path, *extra: str):
-    from vdm.cli.checks import check_train_config
+    from vdm.cli.checks import check_published_config, check_train_config
     from vdm.inference.build import fill_autoencoder_geometry
 
     cfg = compose_run(path.parent / "run", *finetune_overrides(path, clips, *extra))
+    check_published_config(cfg)  # as vdm.cli.train.run does, before the autoencoder's geometry
     fill_autoencoder_geometry(cfg)
     check_train_config(cfg)
     return cfg
@@ -268,7 +269,7 @@ def test_the_run_objective_must_be_the_scheduler_s(wan, clips, tmp_path):
         compose_and_check(wan, clips, "diffusion=ddpm", "sampler=ddim")
     assert "diffusion=flow" in one_line(error)
     with pytest.raises(UserError) as error:
-        run(compose_run(tmp_path / "vdm", "lora.rank=4", "+lora.alpha=4"))
+        run(compose_run(tmp_path / "vdm", "+lora.rank=4"))
     assert "model=diffusers" in one_line(error)
 
 

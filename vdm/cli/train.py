@@ -18,7 +18,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from vdm.autoencoders import describe
-from vdm.cli.checks import check_train_config
+from vdm.cli.checks import check_published_config, check_train_config
 from vdm.cli.errors import exit_code, user_errors_in_one_line
 from vdm.cli.optimization_checks import optimizer_mismatch
 from vdm.cli.overrides import check_overrides
@@ -131,6 +131,7 @@ def run(cfg: DictConfig) -> Trainer | None:
     run holds; a signal's stop exits with ``128 + n`` after its checkpoint. A checkpoint that
     already reached ``trainer.max_steps`` trains nothing and returns None."""
     resume_own_checkpoint(cfg)
+    check_published_config(cfg)  # a published model's folder first: its VAE and text come from it
     fill_autoencoder_geometry(cfg)  # the checks work in latent units
     fill_text_width(cfg)  # a frozen text encoder's width, as the checkpoint's config records it
     check_train_config(cfg)

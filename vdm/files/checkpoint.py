@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 
 
 # Keys of the model config that may change between runs without changing the weights.
-RUNTIME_MODEL_KEYS = ("gradient_checkpointing", "dropout")
+# Model keys that do not change the weights. A published model's ``path`` is where its base lies
+# (the checkpoint's fingerprint, compared on load, says whether it is the same base); its
+# ``dtype`` is how it is held in memory.
+RUNTIME_MODEL_KEYS = ("gradient_checkpointing", "dropout", "path", "dtype")
 # Model keys added after checkpoints were first written, with the value an older one means.
 ADDED_MODEL_KEYS = {"frame_conditioning": False}
 
