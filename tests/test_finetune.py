@@ -282,8 +282,11 @@ def test_the_run_objective_must_be_the_scheduler_s(wan, clips, tmp_path):
         ({"_class_name": "UniPCMultistepScheduler", "prediction_type": "flow_prediction",
           "use_flow_sigmas": True, "flow_shift": 5.0}, {"kind": "flow", "shift": 5.0}),
         # LTX-Video: the shift depends on the clip's size
-        ({"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True},
-         {"kind": "flow", "shift": None}),
+        ({"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True,
+          "base_image_seq_len": 1024, "base_shift": 0.95, "max_shift": 2.05},
+         {"kind": "flow", "shift": None,
+          "dynamic": {"base_image_seq_len": 1024, "max_image_seq_len": 4096, "base_shift": 0.95,
+                      "max_shift": 2.05, "time_shift_type": "exponential"}}),
         # CogVideoX: v-prediction DDPM, zero terminal SNR
         ({"_class_name": "CogVideoXDDIMScheduler", "prediction_type": "v_prediction",
           "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
@@ -297,6 +300,26 @@ def test_scheduler_objective(tmp_path, config, expected):
     (tmp_path / "scheduler").mkdir()
     (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
     assert scheduler_objective(tmp_path) == expected
+
+
+@pytest.mark.parametrize("positions", [256, 1024, 4096, 6144])
+def test_a_size_dependent_shift_is_the_ltx_pipeline_s(positions):
+    """LTX-Video's pipeline computes μ from the latent sequence length and lets its scheduler
+    shift every σ by it: the constant shift vdm trains and samples with moves σ the same way."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
+
+    from vdm.diffusion.flow import shift_time
+    from vdm.published.folder import DYNAMIC_DEFAULTS, dynamic_shift
+
+    config = {"base_image_seq_len": 1024, "max_image_seq_len": 4096, "base_shift": 0.95,
+              "max_shift": 2.05}  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, **config)
+    mu = calculate_shift(positions, 1024, 4096, 0.95, 2.05)
+    sigmas = torch.linspace(0.05, 1, 20, dtype=torch.float64)
+    expected = scheduler.time_shift(mu, 1.0, sigmas)
+    shift = dynamic_shift(positions, {**DYNAMIC_DEFAULTS, **config})
+    torch.testing.assert_close(shift_time(sigmas, shift), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_an_unknown_prediction_type_is_refused(tmp_path):
@@ -315,3 +338,66 @@ def test_lora_without_peft_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)
     with pytest.raises(UserError, match=r"pip install 'vdm\[finetune\]'"):
         lora_config(4, 4, 0.0, ["to_q"])
+
+
+def test_finetune_ltx_trains_with_the_shift_its_pipeline_computes_and_samples(clips, tmp_path):
+    """``experiment=finetune_ltx`` on a tiny LTX pipeline folder: the shift comes from the
+    scheduler's size rule (2 latent frames of 2², far below its base length), the run trains
+    and its checkpoint samples through vdm.sample's library path."""
+    from tiny_pipelines import tiny_ltx_pipeline
+
+    from vdm.published.folder import DYNAMIC_DEFAULTS, dynamic_shift
+
+    folder = tiny_ltx_pipeline(tmp_path / "ltx")
+    overrides = finetune_overrides(folder, clips, "data.size=64", "data.clip_len=9")
+    overrides[0] = "experiment=finetune_ltx"
+    trainer = run(compose_run(tmp_path / "run", *overrides, "trainer.max_steps=2",
+                              "trainer.val_check_interval=2"))  # fmt: skip
+    dynamic = {**DYNAMIC_DEFAULTS, "base_image_seq_len": 1024, "base_shift": 0.95,
+               "max_shift": 2.05}  # fmt: skip
+    assert trainer.lightning_module.diffusion.shift == pytest.approx(dynamic_shift(8, dynamic))
+    loaded = load_run(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    videos = loaded.sample(num_samples=1, prompts=["a red ball"], progress=False)
+    assert videos.shape == (1, 3, 9, 64, 64) and torch.isfinite(videos).all()
+
+
+def wan_step(denoiser, seed: int = 0):
+    """A flow-matching loss's gradients on the trainable weights of ``denoiser``."""
+    from vdm.models.text_embedding import TextEmbedding
+
+    g = torch.Generator().manual_seed(seed)
+    x, tokens = torch.randn(2, 4, 2, 8, 8, generator=g), torch.randn(2, 6, 32, generator=g)
+    text = TextEmbedding(tokens, torch.ones(2, 6, dtype=torch.bool), tokens.mean(1))
+    out = denoiser.train()(x, torch.tensor([700.0, 90.0]), text=text)
+    out.float().square().mean().backward()
+    return {n: p.grad for n, p in denoiser.named_parameters() if p.requires_grad}
+
+
+def test_gradient_checkpointing_recomputes_the_same_gradients(wan):
+    from vdm.published import load_diffusers_denoiser
+
+    lora = {"rank": 4, "alpha": 4, "dropout": 0.0}
+    plain = load_diffusers_denoiser(str(wan), lora=lora)
+    checkpointed = load_diffusers_denoiser(str(wan), gradient_checkpointing=True, lora=lora)
+    assert checkpointed.transformer.gradient_checkpointing
+    for name, p in plain.named_parameters():  # non-zero B, so that A gets gradients too
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    checkpointed.load_state_dict(plain.state_dict())  # the same (random) adapters
+    expected, got = wan_step(plain), wan_step(checkpointed)
+    assert expected.keys() == got.keys() and len(expected) > 0
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-7)
+
+
+def test_a_bfloat16_base_trains_float32_adapters(wan):
+    from vdm.published import load_diffusers_denoiser
+
+    model = load_diffusers_denoiser(str(wan), dtype="bfloat16", lora={"rank": 4, "alpha": 4})
+    params = dict(model.named_parameters())
+    assert all(p.dtype == torch.float32 for n, p in params.items() if "lora_" in n)
+    # the adapted projections' base weights are bfloat16 (diffusers keeps a few norms and
+    # embeddings of Wan in float32, its _keep_in_fp32_modules)
+    assert all(p.dtype == torch.bfloat16 for n, p in params.items() if "base_layer" in n)
+    grads = wan_step(model)
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads.values())

@@ -97,3 +97,28 @@ def tiny_latte_transformer(seed: int = 0, video_length: int = 2):
         norm_type="ada_norm_single", num_embeds_ada_norm=1000, caption_channels=32,
         video_length=video_length,
     )  # fmt: skip
+
+
+def tiny_ltx_pipeline(folder: Path, seed: int = 0) -> Path:
+    """An ``LTXPipeline`` (tiny transformer, an 8×32×32 LTX VAE of 4 channels, T5 with a
+    byte-level tokenizer, LTX-Video's size-dependent flow shift) saved into ``folder``."""
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLLTXVideo(
+        latent_channels=4, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, True, False),
+        decoder_spatio_temporal_scaling=(True, True, True, False),
+    )  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_image_seq_len=1024, max_image_seq_len=4096,
+        base_shift=0.95, max_shift=2.05,
+    )  # fmt: skip
+    pipe = LTXPipeline(
+        scheduler=scheduler, vae=vae, text_encoder=T5EncoderModel(T5Config(**TEXT_SIZES)).eval(),
+        tokenizer=ByT5Tokenizer(), transformer=tiny_ltx_transformer(seed),
+    )  # fmt: skip
+    pipe.save_pretrained(folder)
+    return folder

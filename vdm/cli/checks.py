@@ -157,8 +157,7 @@ def check_latent_geometry(cfg: DictConfig) -> tuple[int | None, int | None]:
 
 
 def check_published_config(cfg: DictConfig) -> None:
-    """``model=diffusers``: the folder holds a transformer vdm fine-tunes and the run's objective
-    is its scheduler's (filled in where the config leaves it null); ``lora`` needs such a
+    """``model=diffusers``: the folder holds a transformer vdm fine-tunes; ``lora`` needs such a
     model."""
     if not is_published(cfg):
         if cfg.get("lora") is not None:
@@ -172,13 +171,13 @@ def check_published_config(cfg: DictConfig) -> None:
     path = _get(cfg, "model.path")
     _, config = transformer_folder(path)
     family_of(config["_class_name"], f"model.path={path}")
-    fill_published_objective(cfg)
 
 
 def check_denoiser_config(cfg: DictConfig) -> None:
     """The denoiser, its process and its sample-video sampler fit each other and the data."""
     check_published_config(cfg)
     size, clip_len = check_latent_geometry(cfg)
+    fill_published_objective(cfg)  # the folder's scheduler's, or one line where they differ
     spatial = _get(cfg, "autoencoder.spatial_factor") or 1
     space, time = model_divisors(cfg.model)
     latent = spatial > 1 or (_get(cfg, "autoencoder.temporal_factor") or 1) > 1

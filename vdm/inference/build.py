@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from vdm.autoencoders import Autoencoder, PixelSpace, diffusers_geometry, vdm_geometry
+from vdm.autoencoders.base import latent_frame_count
 from vdm.diffusion.sampling_loop import SamplingLoop
 from vdm.errors import UnknownKeyError, UserError
 from vdm.inference.model import Process
@@ -53,7 +54,7 @@ def fill_published_objective(cfg: DictConfig) -> None:
     (the flow ``shift``; the DDPM ``prediction``). Idempotent."""
     if not is_published(cfg):
         return
-    from vdm.published import scheduler_objective  # reads JSON; diffusers stays unimported
+    from vdm.published.folder import dynamic_shift, scheduler_objective  # JSON only
 
     path = cfg.model.path
     objective = scheduler_objective(path)
@@ -68,14 +69,23 @@ def fill_published_objective(cfg: DictConfig) -> None:
         )
     with open_dict(cfg.diffusion):
         if kind == "flow" and cfg.diffusion.get("shift") is None:
-            if objective["shift"] is None:
-                raise UserError(
-                    f"model.path={path}: its scheduler shifts time by the clip's size "
-                    "(use_dynamic_shifting): set diffusion.shift (the finetune presets do)."
-                )
-            cfg.diffusion.shift = objective["shift"]
+            shift = objective["shift"]
+            if shift is None:  # by the clip's size (LTX-Video), as its pipeline computes it
+                shift = dynamic_shift(latent_positions(cfg), objective["dynamic"])
+                log.info("diffusion.shift=%.3f: the folder's scheduler's for these clips", shift)
+            cfg.diffusion.shift = shift
         if kind == "ddpm" and cfg.diffusion.get("prediction") is None:
             cfg.diffusion.prediction = objective["prediction"]
+
+
+def latent_positions(cfg: DictConfig) -> int:
+    """Latent frames × height × width of the run's training clips (the autoencoder's geometry
+    filled in)."""
+    fill_autoencoder_geometry(cfg)
+    conf = cfg.autoencoder
+    frames = latent_frame_count(cfg.data.clip_len, conf.temporal_factor or 1, bool(conf.causal))
+    side = cfg.data.size // (conf.spatial_factor or 1)
+    return (frames or 1) * side * side
 
 
 def build_diffusion(cfg: DictConfig) -> Process:

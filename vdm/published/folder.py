@@ -5,6 +5,7 @@ scheduler (``scheduler/scheduler_config.json``) describes. JSON only: no weights
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from vdm.errors import MissingFileError, UserError
@@ -70,12 +71,34 @@ def scheduler_config(path: str | Path) -> dict | None:
     return None
 
 
+# FlowMatchEulerDiscreteScheduler's keys for a size-dependent shift, with its defaults.
+DYNAMIC_DEFAULTS = {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5,
+                    "max_shift": 1.15, "time_shift_type": "exponential"}  # fmt: skip
+
+
+def dynamic_shift(positions: int, dynamic: dict) -> float:
+    """The constant shift a size-dependent scheduler applies to clips of ``positions`` latent
+    positions (frames × height × width, as the LTX-Video pipeline counts them).
+
+    The pipelines compute ``μ`` linearly in the sequence length, between ``base_shift`` at
+    ``base_image_seq_len`` and ``max_shift`` at ``max_image_seq_len``; the exponential time
+    shift ``e^μ / (e^μ + (1/t − 1))`` is exactly vdm's ``shift·t / (1 + (shift − 1)·t)`` with
+    ``shift = e^μ`` (the linear one, ``μ / (μ + (1/t − 1))``, with ``shift = μ``).
+    """
+    base, top = dynamic["base_image_seq_len"], dynamic["max_image_seq_len"]
+    slope = (dynamic["max_shift"] - dynamic["base_shift"]) / (top - base)
+    mu = dynamic["base_shift"] + slope * (positions - base)
+    return math.exp(mu) if dynamic["time_shift_type"] == "exponential" else mu
+
+
 def scheduler_objective(path: str | Path) -> dict | None:
     """The training objective the folder's scheduler describes, as vdm's config keys:
 
     - flow matching (``FlowMatchEulerDiscreteScheduler``, or a multistep scheduler with
       ``use_flow_sigmas`` / ``prediction_type: flow_prediction``): ``{"kind": "flow", "shift"}``
-      (``shift`` or Wan's ``flow_shift``; a dynamically shifted one gives ``shift: None``);
+      (``shift`` or Wan's ``flow_shift``); a scheduler that shifts by the clip's size
+      (``use_dynamic_shifting``, LTX-Video) gives ``shift: None`` and ``dynamic``, the
+      arguments of :func:`dynamic_shift`;
     - DDPM: ``{"kind": "ddpm", "prediction", "beta_schedule", "beta_start", "beta_end",
       "num_steps", "zero_terminal_snr", "snr_shift_scale"}``.
 
@@ -92,10 +115,11 @@ def scheduler_objective(path: str | Path) -> dict | None:
         or bool(config.get("use_flow_sigmas"))
     )
     if flow:
-        shift = config.get("flow_shift", config.get("shift", 1.0))
         if config.get("use_dynamic_shifting"):
-            shift = None  # depends on the clip's size: the preset sets it
-        return {"kind": "flow", "shift": None if shift is None else float(shift)}
+            dynamic = {key: config.get(key, default) for key, default in DYNAMIC_DEFAULTS.items()}
+            return {"kind": "flow", "shift": None, "dynamic": dynamic}
+        shift = config.get("flow_shift", config.get("shift", 1.0))
+        return {"kind": "flow", "shift": float(shift)}
     predictions = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
     if prediction not in predictions:
         raise UserError(
