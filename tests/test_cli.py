@@ -570,3 +570,54 @@ def test_make_trains_two_runs_reuse_the_vae_and_two_ddp_ranks_share_one_latent_c
     assert "Latent cache ready: 32 clips" in output
     samples = tmp_path / "logs" / "runs" / "latent" / "samples" / "step_000004"
     assert len(list(samples.glob("sample_*.mp4"))) == 3  # one per class, decoded to pixels
+
+
+def test_finetune_commands_train_sample_and_export_a_lora(tmp_path):
+    """The README's fine-tuning commands on a tiny Wan pipeline folder: ``train.py
+    experiment=finetune_wan model.path=DIR data=folder data.root=... data.captions=...
+    debug=fast`` as the issue writes it, then ``vdm.sample prompt=...`` and
+    ``vdm.export_lora``."""
+    pytest.importorskip("peft")
+    from tiny_pipelines import tiny_wan_pipeline
+
+    from vdm.files.video import write_mp4
+
+    wan = tiny_wan_pipeline(tmp_path / "Wan-tiny")
+    clips = tmp_path / "clips"
+    rows = ["path,caption"]
+    for i in range(6):
+        frames = np.zeros((24, 48, 48, 3), np.uint8)
+        for t in range(24):
+            frames[t, 10:24, 2 + t : 16 + t] = (220, 30 * i, 40)
+        name = f"{'train' if i < 4 else 'val'}/clip_{i}.mp4"
+        write_mp4(clips / name, frames, fps=8)
+        rows.append(f'{name},"a red square moves right, clip {i}"')
+    (clips / "captions.csv").write_text("\n".join(rows) + "\n")
+    train(
+        tmp_path, "experiment=finetune_wan", f"model.path={wan}", "data=folder",
+        f"data.root={clips}", f"data.captions={clips / 'captions.csv'}", "debug=fast",
+        "run_name=wan", "data.num_workers=0",
+    )  # fmt: skip
+    ckpt = tmp_path / "logs" / "runs" / "wan" / "checkpoints" / "last.ckpt"
+    stored = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert stored["global_step"] == 4 and all(".lora_" in k for k in stored["state_dict"])
+    sample = subprocess.run(
+        [sys.executable, "-m", "vdm.sample", f"ckpt_path={ckpt}", "prompt=a red square",
+         "num_samples=1", "sampler.steps=3", f"out_dir={tmp_path}/samples"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    assert (tmp_path / "samples" / "sample_0000_a_red_square.mp4").stat().st_size > 0
+    export = subprocess.run(
+        [sys.executable, "-m", "vdm.export_lora", f"ckpt_path={ckpt}", f"out={tmp_path}/lora"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert export.returncode == 0, export.stderr[-3000:]
+    assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").stat().st_size > 0
+    other = subprocess.run(
+        [sys.executable, "-m", "vdm.sample", f"ckpt_path={ckpt}", "prompt=a red square",
+         f"model_path={tmp_path / 'missing'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert other.returncode == 1
+    assert "is not a folder" in other.stderr.strip().splitlines()[-1]
