@@ -71,6 +71,7 @@ def finetune_overrides(wan: Path, clips: Path, *extra: str) -> list[str]:
         "experiment=finetune_wan", f"model.path={wan}", f"data.root={clips}", "data.captions=null",
         "trainer=cpu", "model.dtype=float32", "model.gradient_checkpointing=false",
         "text_encoder.dtype=float32", f"text_encoder.max_length={TEXT_LENGTH}",
+        "autoencoder.dtype=float32",
         f"data.size={SIZE}", f"data.clip_len={FRAMES}", "data.frame_stride=1",
         "data.batch_size=2", "data.num_workers=0", "data.persistent_workers=false",
         "data.pin_memory=false", "lora.rank=4", "lora.alpha=8", "optimizer.lr=1e-2",
@@ -401,3 +402,24 @@ def test_a_bfloat16_base_trains_float32_adapters(wan):
     assert all(p.dtype == torch.bfloat16 for n, p in params.items() if "base_layer" in n)
     grads = wan_step(model)
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads.values())
+
+
+def test_a_base_model_s_digest_is_remembered_until_its_files_change(tmp_path, monkeypatch):
+    import hashlib
+
+    from vdm.files import verify
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"abc" * 1000)
+    expected = hashlib.sha256(b"model.safetensors" + b"abc" * 1000).hexdigest()
+    assert verify.files_sha256_remembered([weights], tmp_path / "memo") == expected
+
+    def no_hashing(files):
+        raise AssertionError("hashed again")
+
+    monkeypatch.setattr(verify, "files_sha256", no_hashing)
+    assert verify.files_sha256_remembered([weights], tmp_path / "memo") == expected
+    monkeypatch.undo()
+    weights.write_bytes(b"abcd" * 1000)  # another size: hashed again
+    changed = hashlib.sha256(b"model.safetensors" + b"abcd" * 1000).hexdigest()
+    assert verify.files_sha256_remembered([weights], tmp_path / "memo") == changed

@@ -19,7 +19,7 @@ ALLOWED = {
     "data": {"errors", "files"},
     "autoencoders": {"errors", "models", "files"},
     "text": {"errors", "models", "files", "data"},
-    "published": {"errors", "models", "files", "autoencoders"},
+    "published": {"errors", "models", "files", "data", "autoencoders"},
     "conf": set(),
     "inference": BASE,
     "evaluation": BASE | {"inference"},

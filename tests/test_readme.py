@@ -28,6 +28,8 @@ ENTRY_POINTS = {  # how a command starts → the config it composes
     "vdm-evaluate": "evaluate",
     "sbatch scripts/slurm/train.sbatch": "train",
     "python -m vdm.evaluate": "evaluate",
+    "python -m vdm.export_lora": "export_lora",
+    "vdm-export-lora": "export_lora",
 }
 REPO_PATH = re.compile(r"^((conf|bench|vdm|tests|docs|scripts|\.ci)/[\w./*-]*|train\.py|Makefile)$")
 OVERRIDE = re.compile(r"^(~[a-z_][\w.]*|\+?[a-z_][\w.]*=\S*)$")

@@ -8,7 +8,9 @@ checkpoints to come."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import pickle
 import re
 import zipfile
@@ -55,6 +57,32 @@ def files_sha256(files: list[Path]) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def files_sha256_remembered(files: list[Path], folder: Path | None) -> str:
+    """:func:`files_sha256`, remembered in ``folder`` by each file's resolved path, size and
+    modification time: a 28 GB base model is hashed once, not at every load and resume. A file
+    that changed (another size or time) is hashed again; ``folder`` None remembers nothing."""
+    if folder is None:
+        return files_sha256(files)
+    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    key = hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+    memo = folder / f"{key}.sha256"
+    try:
+        digest = memo.read_text().strip()
+        if len(digest) == 64:
+            return digest
+    except OSError:
+        pass
+    digest = files_sha256(files)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = memo.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(digest)
+        os.replace(partial, memo)  # atomic: a reader sees no digest or the whole one
+    except OSError:  # a read-only cache only costs the hash next time
+        pass
+    return digest
 
 
 def sidecar_of(path: str | Path) -> Path:

@@ -8,8 +8,9 @@ import json
 import math
 from pathlib import Path
 
+from vdm.data.index import default_cache_dir
 from vdm.errors import MissingFileError, UserError
-from vdm.files.verify import files_sha256
+from vdm.files.verify import files_sha256_remembered
 
 KEY = "model.path"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -58,8 +59,9 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 def weights_digest(folder: Path) -> str:
-    """SHA-256 over the transformer's weight files: the same base model wherever it lies."""
-    return files_sha256(weight_files(folder))
+    """SHA-256 over the transformer's weight files: the same base model wherever it lies
+    (remembered under ``$VDM_CACHE_DIR/digests/``: a 14 B model's files are hashed once)."""
+    return files_sha256_remembered(weight_files(folder), default_cache_dir() / "digests")
 
 
 def scheduler_config(path: str | Path) -> dict | None:
