@@ -10,7 +10,8 @@ from vdm.cli.overrides import check_overrides, checkable
     ("config", "args", "line"),
     [
         ("train", ["model=does_not_exist"], "model=does_not_exist: no such option (conf/model/ "
-         "has diffusers, transformer, transformer_base, transformer_tiny, unet3d, unet3d_base, unet3d_tiny)."),
+         "has diffusers, transformer, transformer_base, transformer_tiny, unet3d, unet3d_base, "
+         "unet3d_tiny)."),
         ("train", ["foo=1"], "foo=1: foo is no key of the config (misspelt? see conf/; to add a "
          "key that is not there, write +foo=1)."),
         ("train", ["trainer.max_step=3"], "trainer.max_step=3: trainer.max_step is no key"),
