@@ -59,7 +59,7 @@ class DiffusersDenoiser(nn.Module):
         self.frozen = frozenset(
             name for name, p in self.named_parameters() if not p.requires_grad
         ) if fingerprint.get("lora") else frozenset()  # fmt: skip
-        self._register_state_dict_hook(drop_frozen)
+        self.register_state_dict_post_hook(drop_frozen)
         self.register_load_state_dict_post_hook(allow_missing_frozen)
 
     def forward(
