@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from tiny_pipelines import tiny_ltx_pipeline, tiny_wan_pipeline
 
 from vdm.cli.checks import ConfigError, check_train_config
 from vdm.cli.train import run
@@ -252,11 +253,24 @@ def test_every_option_of_every_group_composes_and_instantiates(
         overrides.append(f"data.captions={captions}")
     if (group, option) == ("autoencoder", "diffusers"):
         overrides.append(f"autoencoder.path={tiny_kl_vae(tmp_path / 'kl')}")
+    if (group, option) == ("model", "diffusers"):  # a published model needs its VAE and text
+        wan = tiny_wan_pipeline(tmp_path / "wan_pipeline")
+        overrides += [f"model.path={wan}", "autoencoder=diffusers", f"autoencoder.path={wan}",
+                      "text_encoder=t5", f"text_encoder.path={wan}", "text_encoder.max_length=16",
+                      "diffusion=flow", "data.num_classes=0", "data.clip_len=9"]  # fmt: skip
+    if option.startswith("finetune_"):  # a tiny pipeline of the family, a captioned real clip
+        build = {"finetune_wan": tiny_wan_pipeline, "finetune_ltx": tiny_ltx_pipeline}[option]
+        pipeline = build(tmp_path / "pipeline")
+        captions = tmp_path / "captions.csv"
+        captions.write_text("path,caption\nBasketball/basketball.mp4,a man plays basketball\n")
+        overrides += [f"model.path={pipeline}", f"data.captions={captions}",
+                      "text_encoder.max_length=16", "data.size=64", "data.clip_len=9"]  # fmt: skip
     if option in ("ucf101_latent", "t2v_latent"):  # the SD VAE's geometry: 8×8, 4 channels
         overrides.append(f"autoencoder.path={tiny_kl_vae(tmp_path / 'kl', levels=4)}")
     if option == "ucf101_wan_latent":
         overrides.append(f"autoencoder.path={tiny_wan_vae(tmp_path / 'wan')}")
-    ucf101 = option.startswith("ucf101") or option == "t2v_latent"  # shapes recipes: the set
+    # recipes on a folder of videos (the shapes recipes render their set)
+    ucf101 = option.startswith(("ucf101", "finetune_")) or option == "t2v_latent"
     if (group == "data" and option == "folder") or ucf101:
         overrides.append(f"data.root={shared_videos / 'real'}")
     if group in ("trainer", "experiment"):  # this machine has no GPU: build them on CPU
@@ -266,7 +280,7 @@ def test_every_option_of_every_group_composes_and_instantiates(
             "trainer.devices=1",
             "trainer.precision=32-true",
         ]
-    if ucf101 and option != "t2v_latent":  # t2v_latent is prompted, not labelled
+    if ucf101 and option != "t2v_latent" and not option.startswith("finetune_"):  # prompted ones
         overrides += ["data.num_classes=7"]
     if (group, option) in (("sampler", "euler"), ("sampler", "heun")):
         overrides.append("diffusion=flow")  # flow samplers integrate a flow
@@ -281,7 +295,8 @@ def test_every_option_of_every_group_composes_and_instantiates(
         cfg.task = "autoencoder"
 
     def built(target: str) -> str:
-        return target.rsplit(".", 1)[1]
+        name = target.rsplit(".", 1)[1]
+        return {"load_diffusers_denoiser": "DiffusersDenoiser"}.get(name, name)
 
     module = build_module(cfg)
     if cfg.task == "autoencoder":
