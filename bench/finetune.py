@@ -2,7 +2,7 @@
 without gradient checkpointing, side by side: step time and memory, in parts that carry over to a
 GPU.
 
-    python bench/finetune.py [--layers 4 --size 32 --rounds 3 --steps 2] [--no-bf16]
+    python bench/finetune.py [--layers 4 --size 32 --rounds 6 --steps 1] [--no-bf16] [--threads 1]
 
 A small ``WanTransformer3DModel`` is built from constructor arguments (seed 0), saved into a
 temporary folder's ``transformer/`` and loaded by ``vdm.published.load_diffusers_denoiser`` as a
@@ -438,10 +438,14 @@ def main() -> None:
     defaults = Sizes()
     for name, value in vars(defaults).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=value)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds")
+    parser.add_argument("--steps", type=int, default=1, help="timed steps per round")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 preset's row")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (1 steadies timings on a shared CPU)")  # fmt: skip
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sizes = Sizes(**{name: getattr(args, name) for name in vars(defaults)})
 
     print(f"{header()}, diffusers {version('diffusers')}, peft {version('peft')}")
