@@ -100,3 +100,14 @@ def test_finetune_bench_memory_parts_follow_the_parameters(finetune_runs):
     assert sum(ckpt.kept.blocks) == 0 and ckpt.plain.blocks == lora.kept.blocks
     assert ckpt.kept.total < lora.kept.total
     assert ckpt.flops > lora.flops  # the recompute
+
+
+def test_finetune_estimate_counts_tokens_as_the_pipelines_do():
+    """Latent frames through a causal VAE, then patches: Wan 81 × 480 × 832 is 21 × 30 × 52."""
+    from finetune_estimate import ROWS, line
+
+    assert ROWS["wan-1.3b-832"].tokens == 21 * 30 * 52
+    assert ROWS["cogvideox-2b-480"].tokens == 13 * 30 * 30
+    assert ROWS["ltx-512"].tokens == 16 * 16 * 16
+    fit = line((192, 1000.0), (768, 3880.0))
+    assert fit.per_token == 5.0 and fit.at(0) == 40.0
