@@ -5,6 +5,7 @@ checkpoint stores)."""
 from __future__ import annotations
 
 import logging
+import math
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -48,9 +49,17 @@ def is_published(cfg: DictConfig) -> bool:
 
 
 def fill_published_objective(cfg: DictConfig) -> None:
-    """With ``model=diffusers``: check the run's objective is the one the pipeline folder's
-    scheduler describes (flow matching or DDPM) and fill what the config leaves null from it
-    (the flow ``shift``; the DDPM ``prediction``). Idempotent."""
+    """With ``model=diffusers``: make the run's objective the one the pipeline folder's
+    scheduler describes (flow matching or DDPM), which the transformer's weights were trained
+    for. Idempotent.
+
+    The rule, for every key the scheduler determines: left null, it is filled from the
+    scheduler; set, it must equal the scheduler's value, or the run is refused in one line
+    naming the key. The keys: a DDPM model's ``diffusion.prediction`` and its whole noise
+    schedule (``schedule.kind``, ``num_steps``, ``beta_start``, ``beta_end``,
+    ``zero_terminal_snr``, ``snr_shift``; ``schedule=published`` leaves them all null). A flow
+    model's ``diffusion.shift`` is only filled: another shift is a choice of the run (Wan uses
+    3.0 at 480p, 5.0 at 720p)."""
     if not is_published(cfg):
         return
     from vdm.published import scheduler_objective  # reads JSON; diffusers stays unimported
@@ -66,16 +75,46 @@ def fill_published_objective(cfg: DictConfig) -> None:
             f"{'flow matching' if objective['kind'] == 'flow' else 'DDPM'}, this run with "
             f"diffusion={kind}: use diffusion={objective['kind']} (the finetune presets do)."
         )
-    with open_dict(cfg.diffusion):
-        if kind == "flow" and cfg.diffusion.get("shift") is None:
-            if objective["shift"] is None:
+    if kind == "flow":
+        with open_dict(cfg.diffusion):
+            if cfg.diffusion.get("shift") is None:
+                if objective["shift"] is None:
+                    raise UserError(
+                        f"model.path={path}: its scheduler shifts time by the clip's size "
+                        "(use_dynamic_shifting): set diffusion.shift (the finetune presets do)."
+                    )
+                cfg.diffusion.shift = objective["shift"]
+        return
+    fill_or_check(cfg.diffusion, "diffusion", {"prediction": objective["prediction"]}, path)
+    schedule = objective["schedule"]
+    ignored = ("beta_start", "beta_end") if schedule["kind"] == "cosine" else ()
+    fill_or_check(cfg.schedule, "schedule", schedule, path, ignored)
+
+
+def fill_or_check(
+    conf: DictConfig, key: str, values: dict, path: str, ignored: tuple[str, ...] = ()
+) -> None:
+    """Fill the keys of ``conf`` (the config node ``key``) that are null with ``values`` (the
+    scheduler's, of the folder ``path``); refuse one set to another value (floats compared to
+    1e-9 relative: a YAML rounding is the same value), except the ``ignored`` keys, which that
+    schedule kind does not use."""
+    hint = "schedule=published leaves them all null" if key == "schedule" else "as the presets"
+    with open_dict(conf):
+        for name, value in values.items():
+            given = conf.get(name)
+            if given is None:
+                conf[name] = value
+            elif name not in ignored and not same_value(given, value):
                 raise UserError(
-                    f"model.path={path}: its scheduler shifts time by the clip's size "
-                    "(use_dynamic_shifting): set diffusion.shift (the finetune presets do)."
+                    f"model.path={path}: its scheduler trains with {key}.{name}={value}, this "
+                    f"run with {given}: leave {key}.{name} null for the scheduler's ({hint})."
                 )
-            cfg.diffusion.shift = objective["shift"]
-        if kind == "ddpm" and cfg.diffusion.get("prediction") is None:
-            cfg.diffusion.prediction = objective["prediction"]
+
+
+def same_value(given, expected) -> bool:
+    if isinstance(expected, float) and not isinstance(given, bool | str):
+        return math.isclose(float(given), expected, rel_tol=1e-9)
+    return given == expected
 
 
 def build_diffusion(cfg: DictConfig) -> Process:
@@ -86,6 +125,13 @@ def build_diffusion(cfg: DictConfig) -> Process:
     log.info("Instantiating diffusion <%s>", cfg.diffusion._target_)
     if is_flow(cfg.diffusion):
         return instantiate_config(cfg.diffusion, "diffusion")
+    unset = [key for key, value in cfg.schedule.items() if value is None]
+    if unset:
+        raise UserError(
+            f"schedule.{unset[0]} is null: schedule=published reads the schedule of a "
+            "model=diffusers folder's DDPM scheduler; otherwise use schedule=linear, cosine, "
+            "scaled_linear or sigmoid."
+        )
     log.info("Instantiating schedule <%s>", cfg.schedule._target_)
     schedule = instantiate_config(cfg.schedule, "schedule")
     return instantiate_config(cfg.diffusion, "diffusion", schedule=schedule)
