@@ -94,17 +94,17 @@ def fill_published_objective(cfg: DictConfig) -> None:
 def fill_or_check(
     conf: DictConfig, key: str, values: dict, path: str, ignored: tuple[str, ...] = ()
 ) -> None:
-    """Fill the keys of ``conf`` (the config node ``key``) that are null with ``values`` (the
-    scheduler's, of the folder ``path``); refuse one set to another value (floats compared to
-    1e-9 relative: a YAML rounding is the same value), except the ``ignored`` keys, which that
-    schedule kind does not use."""
+    """Set the keys of ``conf`` (the config node ``key``) to ``values`` (the scheduler's, of the
+    folder ``path``) where they are null or the same value written shorter (floats within 1e-6
+    relative: ``snr_shift=1.732051`` is √3); refuse any other, except the ``ignored`` keys,
+    which that schedule kind does not use."""
     hint = "schedule=published leaves them all null" if key == "schedule" else "as the presets"
     with open_dict(conf):
         for name, value in values.items():
             given = conf.get(name)
-            if given is None:
+            if given is None or same_value(given, value):
                 conf[name] = value
-            elif name not in ignored and not same_value(given, value):
+            elif name not in ignored:
                 raise UserError(
                     f"model.path={path}: its scheduler trains with {key}.{name}={value}, this "
                     f"run with {given}: leave {key}.{name} null for the scheduler's ({hint})."
@@ -112,8 +112,8 @@ def fill_or_check(
 
 
 def same_value(given, expected) -> bool:
-    if isinstance(expected, float) and not isinstance(given, bool | str):
-        return math.isclose(float(given), expected, rel_tol=1e-9)
+    if isinstance(expected, float) and isinstance(given, int | float) and given is not True:
+        return math.isclose(float(given), expected, rel_tol=1e-6)
     return given == expected
 
 
