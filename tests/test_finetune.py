@@ -51,8 +51,11 @@ def other_wan(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> Path:
-    """Six captioned 12-frame clips, four to train on and two to validate."""
-    root = tmp_path_factory.mktemp("clips")
+    return captioned_clips(tmp_path_factory.mktemp("clips"))
+
+
+def captioned_clips(root: Path) -> Path:
+    """Six captioned 12-frame 40² clips in ``root``, four to train on and two to validate."""
     rng = np.random.default_rng(0)
     for i in range(6):
         split = "train" if i < 4 else "val"
