@@ -3,6 +3,7 @@
 import pytest
 import torch
 from gaussian_oracle import optimal_denoiser
+from tiny_pipelines import COGVIDEOX_SCHEDULER
 
 from vdm.diffusion.process import GaussianDiffusion
 from vdm.diffusion.samplers import DDIMSampler, DPMSolverSampler, timestep_schedule
@@ -91,13 +92,6 @@ def test_dpm_solver_matches_diffusers_dpmsolver_multistep(prediction):
         diffusion, model_fn, x_T.shape, x_T=x_T
     )
     assert torch.allclose(got, expected, atol=1e-4)
-
-
-COGVIDEOX_SCHEDULER = dict(
-    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    prediction_type="v_prediction", rescale_betas_zero_snr=True, snr_shift_scale=3.0,
-    timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False,
-)  # fmt: skip
 
 
 def cogvideox_schedule(tmp_path) -> tuple[NoiseSchedule, object]:
