@@ -153,3 +153,20 @@ def test_ddim_takes_cogvideox_ddim_steps_where_the_step_count_divides_t(tmp_path
         diffusion, model_fn, x_T.shape, x_T=x_T
     )
     torch.testing.assert_close(strided, expected, rtol=0, atol=1e-5)
+
+
+def test_the_uniform_v_loss_is_the_cogvideox_lora_example_s_loss(tmp_path):
+    """diffusers' examples/cogvideo/train_cogvideox_lora.py turns the v output into x̂0
+    (``scheduler.get_velocity(output, x_t, t)``) and weighs its squared error by 1/(1 - ᾱ_t):
+    that is the plain v-MSE, vdm's ``loss_weighting=uniform`` (finetune_cogvideox)."""
+    schedule, theirs = cogvideox_schedule(tmp_path)
+    diffusion = GaussianDiffusion(schedule, prediction="v", loss_weighting="uniform")
+    g = torch.Generator().manual_seed(0)
+    x0, noise, out = (torch.randn(4, 2, 3, 4, 4, generator=g) for _ in range(3))
+    t = torch.tensor([0, 400, 998, 999])  # 999: SNR 0
+    _, per_sample, _ = diffusion.training_loss(lambda x, s: out, x0, t=t, noise=noise)
+    x_t = theirs.add_noise(x0, noise, t)
+    x0_pred = theirs.get_velocity(out, x_t, t)
+    weights = (1 / (1 - theirs.alphas_cumprod[t])).view(-1, 1, 1, 1, 1)
+    expected = (weights * (x0_pred - x0) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(per_sample, expected.float(), rtol=1e-5, atol=1e-6)
