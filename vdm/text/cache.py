@@ -64,7 +64,7 @@ class CachedTextEncoder:
 
     ``encode`` looks every caption up, encodes the misses in one call of the wrapped encoder and
     stores them; :meth:`precompute` fills the cache for a data set before training. Embeddings
-    come back on the CPU (what the disk holds), with padding rows zeroed.
+    come back on the CPU (what the disk holds), with the rows the mask calls padding zeroed.
 
     Example::
 
