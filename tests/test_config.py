@@ -34,6 +34,13 @@ def test_every_schedule_option_builds_its_kind(option, kind, beta_end):
         assert diffusion.schedule.betas[-1].item() == pytest.approx(beta_end, rel=0.01)
 
 
+def test_the_published_schedule_needs_a_published_model():
+    from vdm.errors import UserError
+
+    with pytest.raises(UserError, match=r"schedule\.kind is null: schedule=published reads"):
+        build_diffusion(compose_train("schedule=published"))
+
+
 def test_every_schedule_key_reaches_the_schedule():
     cfg = compose_train(
         "schedule.num_steps=200",

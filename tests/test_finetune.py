@@ -51,8 +51,11 @@ def other_wan(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> Path:
-    """Six captioned 12-frame clips, four to train on and two to validate."""
-    root = tmp_path_factory.mktemp("clips")
+    return captioned_clips(tmp_path_factory.mktemp("clips"))
+
+
+def captioned_clips(root: Path) -> Path:
+    """Six captioned 12-frame 40² clips in ``root``, four to train on and two to validate."""
     rng = np.random.default_rng(0)
     for i in range(6):
         split = "train" if i < 4 else "val"
@@ -292,9 +295,19 @@ def test_the_run_objective_must_be_the_scheduler_s(wan, clips, tmp_path):
         ({"_class_name": "CogVideoXDDIMScheduler", "prediction_type": "v_prediction",
           "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
           "rescale_betas_zero_snr": True, "snr_shift_scale": 3.0},
-         {"kind": "ddpm", "prediction": "v", "beta_schedule": "scaled_linear",
-          "beta_start": 0.00085, "beta_end": 0.012, "num_steps": 1000,
-          "zero_terminal_snr": True, "snr_shift_scale": 3.0}),
+         {"kind": "ddpm", "prediction": "v",
+          "schedule": {"kind": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+                       "num_steps": 1000, "zero_terminal_snr": True, "snr_shift": 3.0**0.5}}),
+        # the class's own defaults for keys a config leaves out; diffusers' cosine name
+        ({"_class_name": "CogVideoXDDIMScheduler", "prediction_type": "v_prediction"},
+         {"kind": "ddpm", "prediction": "v",
+          "schedule": {"kind": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+                       "num_steps": 1000, "zero_terminal_snr": False, "snr_shift": 3.0**0.5}}),
+        ({"_class_name": "DDIMScheduler", "prediction_type": "epsilon",
+          "beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 500},
+         {"kind": "ddpm", "prediction": "eps",
+          "schedule": {"kind": "cosine", "beta_start": 1e-4, "beta_end": 0.02,
+                       "num_steps": 500, "zero_terminal_snr": False, "snr_shift": 1.0}}),
     ],
 )  # fmt: skip
 def test_scheduler_objective(tmp_path, config, expected):
@@ -329,6 +342,19 @@ def test_an_unknown_prediction_type_is_refused(tmp_path):
     with pytest.raises(UserError, match="prediction_type"):
         scheduler_objective(tmp_path)
     assert scheduler_objective(tmp_path / "none") is None
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [({"beta_schedule": "exp"}, "(exp) is not one vdm builds"),
+     ({"trained_betas": [0.1, 0.2]}, "(trained_betas) is not one vdm builds")],
+)  # fmt: skip
+def test_a_beta_table_vdm_cannot_build_is_refused(tmp_path, config, words):
+    config = {"_class_name": "DDPMScheduler", "prediction_type": "epsilon", **config}
+    (tmp_path / "scheduler_config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError) as error:
+        scheduler_objective(tmp_path)
+    assert words in one_line(error)
 
 
 def test_lora_without_peft_says_how_to_install(monkeypatch):

@@ -111,3 +111,23 @@ def test_snr_shift_of_one_is_the_named_schedule_and_must_be_positive():
     assert torch.equal(NoiseSchedule("cosine", snr_shift=1.0).betas, NoiseSchedule("cosine").betas)
     with pytest.raises(ValueError, match="schedule.snr_shift"):
         NoiseSchedule("cosine", snr_shift=0.0)
+
+
+def test_snr_shift_is_cogvideox_snr_shift_scale_applied_before_the_zero_terminal_rescale():
+    """CogVideoX's scheduler maps ᾱ to ᾱ/(s + (1-s)·ᾱ) (SNR/s), then rescales ᾱ to zero terminal
+    SNR: ``snr_shift = sqrt(s)`` in the same order is that table."""
+    s = 3.0
+    base = NoiseSchedule("scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod
+    shifted = base / (s + (1 - s) * base)
+    root = shifted.sqrt()
+    expected = ((root - root[-1]) * root[0] / (root[0] - root[-1])) ** 2  # Lin et al., Alg. 1
+    schedule = NoiseSchedule(
+        "scaled_linear", beta_start=0.00085, beta_end=0.012, zero_terminal_snr=True,
+        snr_shift=math.sqrt(s),
+    )  # fmt: skip
+    torch.testing.assert_close(schedule.alphas_cumprod, expected, rtol=0, atol=1e-12)
+    # The order matters: the shift after the rescale is another table.
+    root = base.sqrt()
+    rescaled = ((root - root[-1]) * root[0] / (root[0] - root[-1])) ** 2
+    other = rescaled / (s + (1 - s) * rescaled)
+    assert (other - schedule.alphas_cumprod).abs().max() > 1e-3

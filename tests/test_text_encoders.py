@@ -96,6 +96,28 @@ def test_t5_matches_the_transformers_model(models, name):
         torch.testing.assert_close(text.pooled[row], real.mean(0), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["t5", "clip"])
+def test_encoded_padding_is_the_model_run_without_a_mask_on_every_row(models, name):
+    """``padding="encoded"``: what CogVideoX's pipeline gives its transformer, T5 run on the
+    padded ids without an attention mask, every row kept."""
+    folder, model = models[name]
+    encoder = PretrainedTextEncoder(folder, max_length=24, padding="encoded")
+    text = encoder.encode(CAPTIONS)
+    ids, attention = reference_ids(CAPTIONS, 24)
+    with torch.no_grad():
+        hidden = getattr(model, "text_model", model)(input_ids=ids).last_hidden_state
+    assert text.mask.all()  # every row counts: nothing downstream masks or zeroes them
+    torch.testing.assert_close(text.tokens, hidden, atol=1e-6, rtol=0)
+    assert text.tokens[~attention.bool()].abs().amax(-1).min() > 0  # pad rows are not zeros
+    if name == "t5":  # the pooled mean is still over the real tokens
+        real = hidden[0, : int(attention[0].sum())]
+        torch.testing.assert_close(text.pooled[0], real.mean(0), atol=1e-6, rtol=0)
+    assert encoder.fingerprint["padding"] == "encoded"
+    assert "padding" not in PretrainedTextEncoder(folder, max_length=24).fingerprint
+    with pytest.raises(UserError, match="text_encoder.padding=masked"):
+        PretrainedTextEncoder(folder, padding="masked")
+
+
 @pytest.mark.parametrize(
     ("name", "pooled_from"),
     [("clip", "pooler"), ("clip_proj", "projection"), ("clip_proj16", "pooler")],
@@ -259,6 +281,22 @@ def test_cache_folder_follows_weights_and_length(models, t5, tmp_path):
     assert folder(PretrainedTextEncoder(models["t5_other"][0], max_length=16)) != base
     assert folder(PretrainedTextEncoder(models["t5"][0], max_length=24)) != base
     assert folder(PretrainedTextEncoder(models["t5"][0], max_length=16, dtype="bfloat16")) != base
+
+
+def test_encoded_padding_has_its_own_cache_folder_and_its_entries_hold_every_row(
+    models, t5, tmp_path
+):
+    encoded = PretrainedTextEncoder(models["t5"][0], max_length=16, padding="encoded")
+    cache = CachedTextEncoder(encoded, root=tmp_path)
+    assert cache.folder != CachedTextEncoder(t5, root=tmp_path).folder
+    fresh = encoded.encode(CAPTIONS)
+    assert same(cache.encode(CAPTIONS), fresh)
+    entry = torch.load(cache.entry_path("a red ball"), weights_only=True)
+    assert entry["tokens"].shape == (16, 32) and entry["mask"].all()
+    counting = Counting(encoded)
+    again = CachedTextEncoder(counting, root=tmp_path)
+    assert same(again.encode(CAPTIONS), fresh) and same(again.null, encoded.encode([""]))
+    assert counting.calls == []  # read back from disk, pad rows included
 
 
 @pytest.mark.parametrize("damage", ["garbage", "wrong_shape"])

@@ -16,6 +16,7 @@ from tiny_pipelines import tiny_ltx_pipeline, tiny_wan_pipeline
 
 from vdm.cli.checks import ConfigError, check_train_config
 from vdm.cli.train import run
+from vdm.errors import UserError
 from vdm.inference.build import fill_autoencoder_geometry
 from vdm.training.build import TASK_CALLBACKS, build_callbacks, build_loggers, build_module
 
@@ -234,6 +235,24 @@ GROUP_OPTIONS = sorted(
 )
 
 
+def published_pipeline(family: str):
+    """The builder of a tiny pipeline folder of ``family`` (tests/tiny_pipelines.py)."""
+
+    def build(folder: Path) -> Path:
+        pytest.importorskip("diffusers")
+        pytest.importorskip("peft")
+        import tiny_pipelines
+
+        return getattr(tiny_pipelines, f"tiny_{family}_pipeline")(folder)
+
+    return build
+
+
+# The finetune presets' options, and the tiny pipeline each is composed with.
+PUBLISHED = {"finetune_wan": published_pipeline("wan"),
+             "finetune_cogvideox": published_pipeline("cogvideox")}  # fmt: skip
+
+
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
 def test_every_option_of_every_group_composes_and_instantiates(
     tmp_path, request, shared_videos, group, option
@@ -284,10 +303,24 @@ def test_every_option_of_every_group_composes_and_instantiates(
         overrides += ["data.num_classes=7"]
     if (group, option) in (("sampler", "euler"), ("sampler", "heun")):
         overrides.append("diffusion=flow")  # flow samplers integrate a flow
+    if option in PUBLISHED:  # a tiny pipeline folder of the preset's family, captions beside
+        from tiny_pipelines import TEXT_LENGTH
+
+        captions = tmp_path / "captions.csv"
+        captions.write_text("path,caption\nBasketball/basketball.mp4,a man plays basketball\n")
+        overrides += [f"model.path={PUBLISHED[option](tmp_path / option)}",
+                      f"data.root={shared_videos / 'real'}", f"data.captions={captions}",
+                      "model.dtype=float32", "text_encoder.dtype=float32",
+                      f"text_encoder.max_length={TEXT_LENGTH}", "data.size=32",
+                      "data.clip_len=9"]  # fmt: skip
     cfg = compose_run(tmp_path, *overrides, fast=False)
     if (group, option) == ("sampler", "checkpoint"):  # vdm.sample's and vdm.evaluate's only
         with pytest.raises(ConfigError, match="sampler=checkpoint picks a trained run's"):
             check_train_config(cfg)
+        return
+    if (group, option) == ("schedule", "published"):  # read from a model=diffusers folder
+        with pytest.raises(UserError, match="schedule=published reads the schedule of a"):
+            build_module(cfg)
         return
     fill_autoencoder_geometry(cfg)
     check_train_config(cfg)
@@ -318,7 +351,9 @@ def test_every_option_of_every_group_composes_and_instantiates(
         found = getattr(module, "text_encoder", None)
         assert (type(found).__name__ if found is not None else None) == encoder
         assert module.denoiser.text_dim == (found.dim if found is not None else 0)
-    assert type(module.denoiser).__name__ == built(cfg.model._target_)
+    denoiser = built(cfg.model._target_)
+    denoiser = {"load_diffusers_denoiser": "DiffusersDenoiser"}.get(denoiser, denoiser)  # loaded
+    assert type(module.denoiser).__name__ == denoiser
     assert type(module.diffusion).__name__ == built(cfg.diffusion._target_)
     assert module.hparams["model"] == OmegaConf.to_container(cfg.model, resolve=True)
     data = instantiate(cfg.data)

@@ -73,6 +73,52 @@ def tiny_cogvideox_transformer(seed: int = 0, rotary: bool = False, **config):
     )  # fmt: skip
 
 
+def tiny_t5():
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(**TEXT_SIZES)).eval()
+
+
+def tiny_cogvideox_vae():
+    """A tiny ``AutoencoderKLCogVideoX`` with CogVideoX's geometry, 4×8×8 (four blocks: each but
+    the last halves H and W, the first two also time; its published scaling factor), 4
+    channels."""
+    from diffusers import AutoencoderKLCogVideoX
+
+    torch.manual_seed(0)
+    return AutoencoderKLCogVideoX(
+        down_block_types=("CogVideoXDownBlock3D",) * 4, up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=4,
+        temporal_compression_ratio=4,
+    )  # fmt: skip
+
+
+# CogVideoX-2b's and -5b's scheduler_config.json: v-prediction DDPM on Stable Diffusion's
+# scaled-linear β, SNR divided by 3 then rescaled to zero terminal SNR, DDIM on trailing steps.
+COGVIDEOX_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    prediction_type="v_prediction", rescale_betas_zero_snr=True, snr_shift_scale=3.0,
+    timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False,
+)  # fmt: skip
+
+
+def tiny_cogvideox_pipeline(folder: Path, seed: int = 0) -> Path:
+    """A ``CogVideoXPipeline`` as CogVideoX-2b is laid out (a 2-layer transformer without rotary
+    positions, its VAE's 4×8×8 geometry, T5 with a byte-level tokenizer, CogVideoX's
+    ``CogVideoXDDIMScheduler``) saved into ``folder``; ``seed`` picks the transformer."""
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline
+    from transformers import ByT5Tokenizer
+
+    torch.manual_seed(0)
+    pipe = CogVideoXPipeline(
+        tokenizer=ByT5Tokenizer(), text_encoder=tiny_t5(), vae=tiny_cogvideox_vae(),
+        transformer=tiny_cogvideox_transformer(seed),
+        scheduler=CogVideoXDDIMScheduler(**COGVIDEOX_SCHEDULER),
+    )  # fmt: skip
+    pipe.save_pretrained(folder)
+    return folder
+
+
 def tiny_ltx_transformer(seed: int = 0):
     """A 2-layer ``LTXVideoTransformer3DModel``: 4 latent channels, 1×1×1 patches (as
     LTX-Video), text width 32."""

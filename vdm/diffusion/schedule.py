@@ -104,7 +104,9 @@ class NoiseSchedule:
             ``v`` or ``x0`` prediction to stop the model from seeing signal at the last step
             that sampling never gives it; ``eps`` prediction cannot work at SNR 0.
         snr_shift: divide every step's SNR by ``snr_shift²`` (:func:`shift_snr`); 1 keeps the
-            named schedule, > 1 makes it noisier. Applied before ``zero_terminal_snr``.
+            named schedule, > 1 makes it noisier. Applied before ``zero_terminal_snr``, as
+            CogVideoX's scheduler applies its ``snr_shift_scale`` s, which is ``snr_shift²``
+            (``ᾱ' = ᾱ/(s + (1-s)·ᾱ)``: CogVideoX's 3.0 is ``snr_shift = sqrt(3)``).
     """
 
     def __init__(

@@ -5,6 +5,7 @@ checkpoint stores)."""
 from __future__ import annotations
 
 import logging
+import math
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -49,9 +50,17 @@ def is_published(cfg: DictConfig) -> bool:
 
 
 def fill_published_objective(cfg: DictConfig) -> None:
-    """With ``model=diffusers``: check the run's objective is the one the pipeline folder's
-    scheduler describes (flow matching or DDPM) and fill what the config leaves null from it
-    (the flow ``shift``; the DDPM ``prediction``). Idempotent."""
+    """With ``model=diffusers``: make the run's objective the one the pipeline folder's
+    scheduler describes (flow matching or DDPM), which the transformer's weights were trained
+    for. Idempotent.
+
+    The rule, for every key the scheduler determines: left null, it is filled from the
+    scheduler; set, it must equal the scheduler's value, or the run is refused in one line
+    naming the key. The keys: a DDPM model's ``diffusion.prediction`` and its whole noise
+    schedule (``schedule.kind``, ``num_steps``, ``beta_start``, ``beta_end``,
+    ``zero_terminal_snr``, ``snr_shift``; ``schedule=published`` leaves them all null). A flow
+    model's ``diffusion.shift`` is only filled: another shift is a choice of the run (Wan uses
+    3.0 at 480p, 5.0 at 720p)."""
     if not is_published(cfg):
         return
     from vdm.published.folder import dynamic_shift, scheduler_objective  # JSON only
@@ -67,15 +76,45 @@ def fill_published_objective(cfg: DictConfig) -> None:
             f"{'flow matching' if objective['kind'] == 'flow' else 'DDPM'}, this run with "
             f"diffusion={kind}: use diffusion={objective['kind']} (the finetune presets do)."
         )
-    with open_dict(cfg.diffusion):
-        if kind == "flow" and cfg.diffusion.get("shift") is None:
-            shift = objective["shift"]
-            if shift is None:  # by the clip's size (LTX-Video), as its pipeline computes it
-                shift = dynamic_shift(latent_positions(cfg), objective["dynamic"])
-                log.info("diffusion.shift=%.3f: the folder's scheduler's for these clips", shift)
-            cfg.diffusion.shift = shift
-        if kind == "ddpm" and cfg.diffusion.get("prediction") is None:
-            cfg.diffusion.prediction = objective["prediction"]
+    if kind == "flow":
+        with open_dict(cfg.diffusion):
+            if cfg.diffusion.get("shift") is None:
+                shift = objective["shift"]
+                if shift is None:  # by the clip's size (LTX-Video), as its pipeline computes it
+                    shift = dynamic_shift(latent_positions(cfg), objective["dynamic"])
+                    log.info("diffusion.shift=%.3f: the scheduler's for these clips", shift)
+                cfg.diffusion.shift = shift
+        return
+    fill_or_check(cfg.diffusion, "diffusion", {"prediction": objective["prediction"]}, path)
+    schedule = objective["schedule"]
+    ignored = ("beta_start", "beta_end") if schedule["kind"] == "cosine" else ()
+    fill_or_check(cfg.schedule, "schedule", schedule, path, ignored)
+
+
+def fill_or_check(
+    conf: DictConfig, key: str, values: dict, path: str, ignored: tuple[str, ...] = ()
+) -> None:
+    """Set the keys of ``conf`` (the config node ``key``) to ``values`` (the scheduler's, of the
+    folder ``path``) where they are null or the same value written shorter (floats within 1e-6
+    relative: ``snr_shift=1.732051`` is √3); refuse any other, except the ``ignored`` keys,
+    which that schedule kind does not use."""
+    hint = "schedule=published leaves them all null" if key == "schedule" else "as the presets"
+    with open_dict(conf):
+        for name, value in values.items():
+            given = conf.get(name)
+            if given is None or same_value(given, value):
+                conf[name] = value
+            elif name not in ignored:
+                raise UserError(
+                    f"model.path={path}: its scheduler trains with {key}.{name}={value}, this "
+                    f"run with {given}: leave {key}.{name} null for the scheduler's ({hint})."
+                )
+
+
+def same_value(given, expected) -> bool:
+    if isinstance(expected, float) and isinstance(given, int | float) and given is not True:
+        return math.isclose(float(given), expected, rel_tol=1e-6)
+    return given == expected
 
 
 def latent_positions(cfg: DictConfig) -> int:
@@ -96,6 +135,13 @@ def build_diffusion(cfg: DictConfig) -> Process:
     log.info("Instantiating diffusion <%s>", cfg.diffusion._target_)
     if is_flow(cfg.diffusion):
         return instantiate_config(cfg.diffusion, "diffusion")
+    unset = [key for key, value in cfg.schedule.items() if value is None]
+    if unset:
+        raise UserError(
+            f"schedule.{unset[0]} is null: schedule=published reads the schedule of a "
+            "model=diffusers folder's DDPM scheduler; otherwise use schedule=linear, cosine, "
+            "scaled_linear or sigmoid."
+        )
     log.info("Instantiating schedule <%s>", cfg.schedule._target_)
     schedule = instantiate_config(cfg.schedule, "schedule")
     return instantiate_config(cfg.diffusion, "diffusion", schedule=schedule)

@@ -91,8 +91,9 @@ def call_cogvideox(transformer, x, timestep, tokens, mask):
 
     The pipeline encodes prompts with T5 without an attention mask and passes the transformer
     no mask: its padding rows are T5's states of the pad tokens, which text and video tokens
-    attend to. Here they are zeros (vdm's encoders zero them), so a prompt is not the
-    pipeline's exactly in its padding rows; the real rows are."""
+    attend to. ``text_encoder.padding=encoded`` (the finetune_cogvideox preset) gives exactly
+    those rows, all marked real, and they pass unchanged; with ``zeros`` the padding rows are
+    zeros here, so a prompt is the pipeline's in its real rows only."""
     config = transformer.config
     frames, (height, width) = x.shape[2], x.shape[3:]
     if config.patch_size_t and frames % config.patch_size_t:

@@ -93,6 +93,22 @@ def dynamic_shift(positions: int, dynamic: dict) -> float:
     return math.exp(mu) if dynamic["time_shift_type"] == "exponential" else mu
 
 
+# diffusers' beta_schedule names -> vdm's schedule.kind
+BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear",
+                  "squaredcos_cap_v2": "cosine", "sigmoid": "sigmoid"}  # fmt: skip
+# What a scheduler class assumes for a key its saved config leaves out (save_pretrained writes
+# them all; a hand-written config may not): CogVideoX's schedulers default to its own schedule.
+CLASS_DEFAULTS = {
+    "CogVideoXDDIMScheduler": {"beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                               "beta_end": 0.012, "snr_shift_scale": 3.0},
+    "CogVideoXDPMScheduler": {"beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                              "beta_end": 0.012, "snr_shift_scale": 3.0},
+}  # fmt: skip
+DDPM_DEFAULTS = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
+                 "num_train_timesteps": 1000, "rescale_betas_zero_snr": False,
+                 "snr_shift_scale": 1.0}  # fmt: skip
+
+
 def scheduler_objective(path: str | Path) -> dict | None:
     """The training objective the folder's scheduler describes, as vdm's config keys:
 
@@ -101,8 +117,11 @@ def scheduler_objective(path: str | Path) -> dict | None:
       (``shift`` or Wan's ``flow_shift``); a scheduler that shifts by the clip's size
       (``use_dynamic_shifting``, LTX-Video) gives ``shift: None`` and ``dynamic``, the
       arguments of :func:`dynamic_shift`;
-    - DDPM: ``{"kind": "ddpm", "prediction", "beta_schedule", "beta_start", "beta_end",
-      "num_steps", "zero_terminal_snr", "snr_shift_scale"}``.
+    - DDPM: ``{"kind": "ddpm", "prediction", "schedule"}``, ``schedule`` holding the keys of
+      :class:`~vdm.diffusion.schedule.NoiseSchedule` (``kind``, ``num_steps``, ``beta_start``,
+      ``beta_end``, ``zero_terminal_snr``, ``snr_shift``). CogVideoX's ``snr_shift_scale`` s
+      divides the SNR by s, vdm's ``snr_shift`` k by k², both before the zero-terminal rescale:
+      ``snr_shift = sqrt(s)``.
 
     None when the folder has no scheduler config.
     """
@@ -128,13 +147,26 @@ def scheduler_objective(path: str | Path) -> dict | None:
             f"{KEY}={path}: {name}'s prediction_type {prediction!r} is not one vdm trains "
             "(epsilon, v_prediction, sample, flow_prediction)."
         )
+    return {"kind": "ddpm", "prediction": predictions[prediction],
+            "schedule": ddpm_schedule(path, name, config)}  # fmt: skip
+
+
+def ddpm_schedule(path: str | Path, name: str, config: dict) -> dict:
+    """A DDPM scheduler's β table as the keys of vdm's ``schedule`` config."""
+    values = {**DDPM_DEFAULTS, **CLASS_DEFAULTS.get(name, {})}
+    values.update((k, v) for k, v in config.items() if k in values and v is not None)
+    beta_schedule = values["beta_schedule"]
+    if config.get("trained_betas") is not None or beta_schedule not in BETA_SCHEDULES:
+        what = "trained_betas" if config.get("trained_betas") is not None else beta_schedule
+        raise UserError(
+            f"{KEY}={path}: {name}'s β table ({what}) is not one vdm builds "
+            f"(beta_schedule {', '.join(BETA_SCHEDULES)})."
+        )
     return {
-        "kind": "ddpm",
-        "prediction": predictions[prediction],
-        "beta_schedule": config.get("beta_schedule", "linear"),
-        "beta_start": float(config.get("beta_start", 1e-4)),
-        "beta_end": float(config.get("beta_end", 0.02)),
-        "num_steps": int(config.get("num_train_timesteps", 1000)),
-        "zero_terminal_snr": bool(config.get("rescale_betas_zero_snr", False)),
-        "snr_shift_scale": float(config.get("snr_shift_scale", 1.0)),
+        "kind": BETA_SCHEDULES[beta_schedule],
+        "num_steps": int(values["num_train_timesteps"]),
+        "beta_start": float(values["beta_start"]),
+        "beta_end": float(values["beta_end"]),
+        "zero_terminal_snr": bool(values["rescale_betas_zero_snr"]),
+        "snr_shift": math.sqrt(float(values["snr_shift_scale"])),
     }

@@ -3,8 +3,10 @@ once, ever, per encoder; the null prompt ``""`` is always in it.
 
 Layout: ``<root>/text/<encoder key>/<2 hex>/<sha256 of the caption>.pt``, where the encoder key
 hashes what changes an embedding (the weights' and tokenizer's SHA-256, the padded length, the
-dtype, the class). An entry holds the real token rows only (padding comes back as zeros, as the
-mask says), so its size follows the caption's length, not ``max_length``.
+dtype, the class, what the padding rows hold). An entry holds the rows the mask calls real
+(padding comes back as zeros, as the mask says), so its size follows the caption's length, not
+``max_length``; an encoder whose padding rows are encoded (``padding="encoded"``) marks every
+row real, and its entries hold all ``max_length`` of them.
 """
 
 from __future__ import annotations
@@ -27,11 +29,15 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1  # bump when an entry's layout changes: old entries then live in another folder
 KEY_PARTS = ("sha256", "max_length", "dtype", "class")
+# Parts an encoder's fingerprint holds only when they differ from what every entry was before
+# they existed (so that those entries keep their folder): the padding rows' content.
+OPTIONAL_KEY_PARTS = ("padding",)
 
 
 def encoder_key(fingerprint: dict) -> str:
     """The cache folder name of an encoder: a SHA-256 (20 hex digits) of its key parts."""
     parts = {name: fingerprint.get(name) for name in KEY_PARTS}
+    parts.update((name, fingerprint[name]) for name in OPTIONAL_KEY_PARTS if name in fingerprint)
     text = json.dumps({"format": FORMAT_VERSION, **parts}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -58,7 +64,7 @@ class CachedTextEncoder:
 
     ``encode`` looks every caption up, encodes the misses in one call of the wrapped encoder and
     stores them; :meth:`precompute` fills the cache for a data set before training. Embeddings
-    come back on the CPU (what the disk holds), with padding rows zeroed.
+    come back on the CPU (what the disk holds), with the rows the mask calls padding zeroed.
 
     Example::
 

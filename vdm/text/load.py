@@ -25,6 +25,7 @@ def load_text_encoder(
     dtype: str = "float32",
     cache: bool = True,
     dim: int | None = None,
+    padding: str = "zeros",
 ) -> PretrainedTextEncoder | CachedTextEncoder:
     """The frozen T5 / CLIP of ``path`` (``text_encoder=t5`` or ``clip``), its embeddings cached
     under ``$VDM_CACHE_DIR/text/`` unless ``cache`` is false.
@@ -32,8 +33,10 @@ def load_text_encoder(
     Args:
         dim: the width the denoiser was built for (the config's ``text_encoder.dim``); must be
             the encoder's.
+        padding: what the rows past a caption hold, ``zeros`` or ``encoded``
+            (:class:`~vdm.text.pretrained.PretrainedTextEncoder`).
     """
-    encoder = PretrainedTextEncoder(path, max_length=max_length, dtype=dtype)
+    encoder = PretrainedTextEncoder(path, max_length=max_length, dtype=dtype, padding=padding)
     if dim is not None and dim != encoder.dim:
         raise UserError(
             f"text_encoder.dim={dim}, but the encoder in {path} is {encoder.dim} wide: leave "

@@ -29,6 +29,8 @@ MODEL_TYPES = {
 }
 SUPPORTED = "T5EncoderModel, UMT5EncoderModel, CLIPTextModel, CLIPTextModelWithProjection"
 DEFAULT_LENGTH = {"clip": 77, "t5": 226}  # CLIP's trained length; CogVideoX's T5 length
+# What the rows past a caption's tokens hold (see PretrainedTextEncoder's padding argument).
+PADDINGS = ("zeros", "encoded")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # Tokenizer files besides the vocabulary files a tokenizer class names itself.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -114,7 +116,8 @@ class PretrainedTextEncoder(nn.Module):
     """A frozen T5 / UMT5 / CLIP text encoder from a local folder.
 
     Captions are tokenized, padded to ``max_length`` and encoded without gradients. ``tokens``
-    are the last hidden states with the padding rows zeroed (as Wan's pipeline does): the mask
+    are the last hidden states. With ``padding="zeros"`` (the default) the encoder attends to
+    the real tokens only and the padding rows are zeroed (as Wan's pipeline does): the mask
     already says they are padding, and zeros make an embedding independent of the padded length
     and let the cache store the real rows only. ``pooled`` is CLIP's pooled output (its projected
     ``text_embeds`` where they have the token width) and, as T5 has no pooled output, the mean of
@@ -122,8 +125,11 @@ class PretrainedTextEncoder(nn.Module):
 
     Example::
 
-        # a diffusers pipeline folder: its T5-XXL in text_encoder/, tokenizer/ pads to 226
-        encoder = PretrainedTextEncoder("~/models/CogVideoX-2b", dtype="bfloat16", device="cuda")
+        # a diffusers pipeline folder: its T5-XXL in text_encoder/, tokenizer/ pads to 226;
+        # the pad rows encoded as CogVideoXPipeline encodes them
+        encoder = PretrainedTextEncoder(
+            "~/models/CogVideoX-2b", dtype="bfloat16", device="cuda", padding="encoded"
+        )
         text = encoder.encode(["a red ball bounces", ""])  # tokens (2, 226, 4096)
 
     Args:
@@ -135,6 +141,11 @@ class PretrainedTextEncoder(nn.Module):
         dtype: ``float32``, ``bfloat16`` or ``float16`` (weights and outputs). Half precision
             halves the memory of a large T5; T5 overflows in ``float16``, use ``bfloat16``.
         device: where the weights live (``.to(device)`` moves them later).
+        padding: ``zeros``, or ``encoded`` to give a model what CogVideoX's pipeline gives it:
+            the encoder runs without an attention mask, so the pad tokens are encoded like any
+            other and every row is kept, the mask all True (the model was trained attending to
+            those rows; zeros there change its output). An embedding then depends on
+            ``max_length``, which must be the pipeline's (CogVideoX: 226).
     """
 
     trainable = False
@@ -145,11 +156,15 @@ class PretrainedTextEncoder(nn.Module):
         max_length: int | None = None,
         dtype: str = "float32",
         device: str | torch.device = "cpu",
+        padding: str = "zeros",
     ):
         super().__init__()
         transformers = import_transformers()
         if dtype not in DTYPES:
             raise UserError(f"text_encoder.dtype={dtype}: use one of {', '.join(DTYPES)}.")
+        if padding not in PADDINGS:
+            raise UserError(f"text_encoder.padding={padding}: use one of {', '.join(PADDINGS)}.")
+        self.padding = padding
         folder, tokenizer_folder, config = model_folders(path)
         self.kind, name = model_class(folder, config)
         weights = weight_files(folder)
@@ -172,6 +187,8 @@ class PretrainedTextEncoder(nn.Module):
             "max_length": self.max_length,
             "dtype": dtype,
         }
+        if padding != "zeros":  # the only layout before the option: its fingerprints stay as were
+            self.fingerprint["padding"] = padding
         log.info("Loaded %s from %s (%s, max_length %d)", name, folder, dtype, self.max_length)
 
     def _load_tokenizer(self, transformers, folder: Path):
@@ -233,8 +250,8 @@ class PretrainedTextEncoder(nn.Module):
             captions: ``B`` strings; ``""`` is the null prompt.
 
         Returns:
-            ``tokens (B, L, D)`` in the encoder's dtype, zero where ``mask (B, L)`` is False, and
-            ``pooled (B, D)``.
+            ``tokens (B, L, D)`` in the encoder's dtype, zero where ``mask (B, L)`` is False (with
+            ``padding="encoded"`` nowhere: the mask is all True), and ``pooled (B, D)``.
         """
         batch = self.tokenizer(
             list(captions),
@@ -243,22 +260,30 @@ class PretrainedTextEncoder(nn.Module):
             truncation=True,
             return_tensors="pt",
         ).to(self.device)
-        ids, mask = batch["input_ids"], batch["attention_mask"]
+        ids, real = batch["input_ids"], batch["attention_mask"]
+        attended = real if self.padding == "zeros" else None  # None: every token, pads too
         if self.kind == "clip":
-            tokens, pooled = self._clip(ids, mask)
+            tokens, pooled = self._clip(ids, attended)
         else:
-            tokens = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            tokens = self.model(input_ids=ids, attention_mask=attended).last_hidden_state
             pooled = None
-        mask = mask.bool()
-        tokens = tokens.masked_fill(~mask[..., None], 0)
+        real = real.bool()
         if pooled is None:  # T5: the mean of the real tokens, summed in float32
-            count = mask.sum(1, keepdim=True).clamp(min=1)
-            pooled = (tokens.float().sum(1) / count).to(tokens.dtype)
+            count = real.sum(1, keepdim=True).clamp(min=1)
+            pooled = (tokens.float() * real[..., None]).sum(1) / count
+        if self.padding == "zeros":
+            mask = real
+            tokens = tokens.masked_fill(~mask[..., None], 0)
+        else:
+            mask = torch.ones_like(real)
         return TextEmbedding(tokens.to(self.dtype), mask, pooled.to(self.dtype))
 
-    def _clip(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """CLIP's ``(last hidden states, pooled)``; the projection variant's ``text_embeds``
-        replace the pooled output only where they have the token width."""
+    def _clip(
+        self, ids: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIP's ``(last hidden states, pooled)`` (``mask`` None: attending to the pad tokens
+        too); the projection variant's ``text_embeds`` replace the pooled output only where they
+        have the token width."""
         text_model = getattr(self.model, "text_model", self.model)
         out = text_model(input_ids=ids, attention_mask=mask)
         pooled = out.pooler_output
