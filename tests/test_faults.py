@@ -314,7 +314,10 @@ def test_a_kill_during_save_leaves_the_previous_checkpoint_whole(tmp_path, monke
     ("overrides", "message"),
     [
         (["data.clip_len=0"], "data.clip_len=0: must be a number >= 1"),
-        (["model=unet3d", "data.size=30"], "data.size=30: UNet3D needs a multiple of 8"),
+        (
+            ["model=unet3d", "data.size=30", "model.channel_mult=[1,2,2,2]"],
+            "data.size=30: UNet3D needs a multiple of 8",
+        ),
         (["model=transformer_tiny", "data.size=30"], "needs a multiple of 4"),
         (["model=transformer_tiny", "model.temporal_patch_size=3"], "data.clip_len=8"),
         (["data.batch_size=0"], "data.batch_size=0"),

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from tiny_pipelines import tiny_ltx_pipeline, tiny_wan_pipeline
+from tiny_pipelines import tiny_wan_pipeline
 
 from vdm.cli.checks import ConfigError, check_train_config
 from vdm.cli.train import run
@@ -250,7 +250,8 @@ def published_pipeline(family: str):
 
 # The finetune presets' options, and the tiny pipeline each is composed with.
 PUBLISHED = {"finetune_wan": published_pipeline("wan"),
-             "finetune_cogvideox": published_pipeline("cogvideox")}  # fmt: skip
+             "finetune_cogvideox": published_pipeline("cogvideox"),
+             "finetune_ltx": published_pipeline("ltx")}  # fmt: skip
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
@@ -277,19 +278,11 @@ def test_every_option_of_every_group_composes_and_instantiates(
         overrides += [f"model.path={wan}", "autoencoder=diffusers", f"autoencoder.path={wan}",
                       "text_encoder=t5", f"text_encoder.path={wan}", "text_encoder.max_length=16",
                       "diffusion=flow", "data.num_classes=0", "data.clip_len=9"]  # fmt: skip
-    if option.startswith("finetune_"):  # a tiny pipeline of the family, a captioned real clip
-        build = {"finetune_wan": tiny_wan_pipeline, "finetune_ltx": tiny_ltx_pipeline}[option]
-        pipeline = build(tmp_path / "pipeline")
-        captions = tmp_path / "captions.csv"
-        captions.write_text("path,caption\nBasketball/basketball.mp4,a man plays basketball\n")
-        overrides += [f"model.path={pipeline}", f"data.captions={captions}",
-                      "text_encoder.max_length=16", "data.size=64", "data.clip_len=9"]  # fmt: skip
     if option in ("ucf101_latent", "t2v_latent"):  # the SD VAE's geometry: 8×8, 4 channels
         overrides.append(f"autoencoder.path={tiny_kl_vae(tmp_path / 'kl', levels=4)}")
     if option == "ucf101_wan_latent":
         overrides.append(f"autoencoder.path={tiny_wan_vae(tmp_path / 'wan')}")
-    # recipes on a folder of videos (the shapes recipes render their set)
-    ucf101 = option.startswith(("ucf101", "finetune_")) or option == "t2v_latent"
+    ucf101 = option.startswith("ucf101") or option == "t2v_latent"  # shapes recipes: the set
     if (group == "data" and option == "folder") or ucf101:
         overrides.append(f"data.root={shared_videos / 'real'}")
     if group in ("trainer", "experiment"):  # this machine has no GPU: build them on CPU
@@ -299,7 +292,7 @@ def test_every_option_of_every_group_composes_and_instantiates(
             "trainer.devices=1",
             "trainer.precision=32-true",
         ]
-    if ucf101 and option != "t2v_latent" and not option.startswith("finetune_"):  # prompted ones
+    if ucf101 and option != "t2v_latent":  # t2v_latent is prompted, not labelled
         overrides += ["data.num_classes=7"]
     if (group, option) in (("sampler", "euler"), ("sampler", "heun")):
         overrides.append("diffusion=flow")  # flow samplers integrate a flow
@@ -311,7 +304,7 @@ def test_every_option_of_every_group_composes_and_instantiates(
         overrides += [f"model.path={PUBLISHED[option](tmp_path / option)}",
                       f"data.root={shared_videos / 'real'}", f"data.captions={captions}",
                       "model.dtype=float32", "text_encoder.dtype=float32",
-                      f"text_encoder.max_length={TEXT_LENGTH}", "data.size=32",
+                      f"text_encoder.max_length={TEXT_LENGTH}", "data.size=64",
                       "data.clip_len=9"]  # fmt: skip
     cfg = compose_run(tmp_path, *overrides, fast=False)
     if (group, option) == ("sampler", "checkpoint"):  # vdm.sample's and vdm.evaluate's only
