@@ -449,3 +449,11 @@ def test_a_base_model_s_digest_is_remembered_until_its_files_change(tmp_path, mo
     weights.write_bytes(b"abcd" * 1000)  # another size: hashed again
     changed = hashlib.sha256(b"model.safetensors" + b"abcd" * 1000).hexdigest()
     assert verify.files_sha256_remembered([weights], tmp_path / "memo") == changed
+
+
+def test_lora_targets_that_match_nothing_are_one_line(wan):
+    from vdm.published import load_diffusers_denoiser
+
+    with pytest.raises(UserError) as error:
+        load_diffusers_denoiser(str(wan), lora={"rank": 4, "target_modules": ["no_such_layer"]})
+    assert "lora.target_modules=['no_such_layer']" in one_line(error)
