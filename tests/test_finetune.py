@@ -108,19 +108,27 @@ def as_pipeline_frames(video: torch.Tensor) -> np.ndarray:
     return ((video.permute(1, 2, 3, 0).numpy() + 1) / 2).clip(0, 1)
 
 
-def initial_noise(autoencoder, index: int, seed: int = 0) -> torch.Tensor:
-    """The noise vdm starts clip ``index`` from (seeded by ``(seed, index)``)."""
-    shape = (1, *autoencoder.latent_shape((3, FRAMES, SIZE, SIZE)))
+def initial_noise(
+    autoencoder, index: int, frames: int = FRAMES, size: int = SIZE, seed: int = 0
+) -> torch.Tensor:
+    """The noise vdm starts clip ``index`` of ``frames × size²`` from (seeded by
+    ``(seed, index)``)."""
+    shape = (1, *autoencoder.latent_shape((3, frames, size, size)))
     return torch.randn(shape, generator=torch.Generator().manual_seed(clip_seed(seed, 0, index)))
+
+
+def model_of(cfg) -> DiffusionModel:
+    """The composed run's model as sampling builds it, without training (adapters at zero)."""
+    return DiffusionModel(
+        build_model(cfg), build_diffusion(cfg), build_autoencoder(cfg), build_text_encoder(cfg)
+    ).eval()
 
 
 def test_zero_adapters_sample_what_wan_pipeline_draws(wan, clips, tmp_path):
     """Fresh LoRA adapters are zero: vdm's samples are WanPipeline's for the same prompt,
     noise, steps and guidance (both guided against the null prompt "")."""
     cfg = compose_run(tmp_path, *finetune_overrides(wan, clips, f"sampler.steps={STEPS}"))
-    model = DiffusionModel(
-        build_model(cfg), build_diffusion(cfg), build_autoencoder(cfg), build_text_encoder(cfg)
-    ).eval()
+    model = model_of(cfg)
     assert model.diffusion.shift == 3.0  # from the folder's scheduler_config.json
     sampler = build_sampler(cfg.sampler)
     videos = sample_videos(model, sampler, (3, FRAMES, SIZE, SIZE), None, 2, 2,

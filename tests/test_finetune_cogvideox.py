@@ -15,20 +15,18 @@ pytest.importorskip("transformers")
 
 from conftest import compose_run
 from diffusers import CogVideoXPipeline
-from test_finetune import as_pipeline_frames, captioned_clips, one_line
+from test_finetune import as_pipeline_frames, captioned_clips, model_of, one_line
+from test_finetune import initial_noise as vdm_noise
 from tiny_pipelines import COGVIDEOX_SCHEDULER, TEXT_LENGTH, tiny_cogvideox_pipeline
 
 from vdm.cli.train import run
 from vdm.errors import UserError
-from vdm.inference import DiffusionModel, load_run, sample_videos
+from vdm.inference import load_run, sample_videos
 from vdm.inference.build import (
-    build_autoencoder,
     build_diffusion,
-    build_model,
     build_sampler,
     build_text_encoder,
 )
-from vdm.inference.generation import clip_seed
 from vdm.inference.lora_export import export_lora
 
 PROMPTS = ["a red ball rolls left", "two blue squares"]
@@ -70,11 +68,9 @@ def overrides(folder: Path, clips: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def initial_noise(autoencoder, index: int, seed: int = 0) -> torch.Tensor:
+def initial_noise(autoencoder, index: int) -> torch.Tensor:
     """The noise vdm starts clip ``index`` from, frames first as the pipeline's latents."""
-    shape = (1, *autoencoder.latent_shape((3, FRAMES, SIZE, SIZE)))
-    noise = torch.randn(shape, generator=torch.Generator().manual_seed(clip_seed(seed, 0, index)))
-    return noise.transpose(1, 2)  # (B, T, C, H, W)
+    return vdm_noise(autoencoder, index, FRAMES, SIZE).transpose(1, 2)  # (B, T, C, H, W)
 
 
 def pipeline_video(pipe, prompt: str, latents: torch.Tensor) -> np.ndarray:
@@ -122,9 +118,7 @@ def test_zero_adapters_sample_what_cogvideox_pipeline_draws(cogvideox, clips, pi
     """Fresh LoRA adapters are zero: vdm's samples are CogVideoXPipeline's for the same prompt,
     noise, DDIM steps and guidance (both guided against the null prompt "")."""
     cfg = compose_run(tmp_path, *overrides(cogvideox, clips))
-    model = DiffusionModel(
-        build_model(cfg), build_diffusion(cfg), build_autoencoder(cfg), build_text_encoder(cfg)
-    ).eval()
+    model = model_of(cfg)
     sampler = build_sampler(cfg.sampler)
     videos = sample_videos(model, sampler, (3, FRAMES, SIZE, SIZE), None, 2, 2,
                            guidance_scale=GUIDANCE, prompts=PROMPTS)  # fmt: skip
